@@ -1,0 +1,1 @@
+"""Reading images and masks; datasets arrive with the training issue."""

@@ -1,0 +1,1 @@
+"""Export: ONNX (DeepStream/TAO-compatible names), with a parity check against eager PyTorch."""

@@ -1,0 +1,27 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(autouse=True)
+def _deterministic() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    return DATA
+
+
+def randomise_batchnorm(model: torch.nn.Module) -> None:
+    """Give every BatchNorm non-trivial running statistics, so a test notices if they are lost or mixed up."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.normal_(1, 0.1)
+                module.bias.normal_(0, 0.1)

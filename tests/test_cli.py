@@ -1,0 +1,92 @@
+"""The `peopleseg` command: help everywhere, the models table, infer on a real photo, one-line errors."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from peopleseg.cli import main
+
+COMMANDS = ["models", "infer", "export", "train", "evaluate", "benchmark", "serve", "autolabel"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "peopleseg.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_help_lists_every_command() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    for command in COMMANDS:
+        assert command in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str, capsys) -> None:
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    assert "usage: peopleseg " + command in capsys.readouterr().out
+
+
+def test_models_table(capsys) -> None:
+    assert main(["models", "--size", "256"]) == 0
+    out = capsys.readouterr().out
+    for name in ("segformer_b0", "segformer_b5", "segformer_fan_base_hybrid", "segformer_fan_large_hybrid"):
+        assert name in out
+    assert "3.71" in out  # B0's parameters, in millions
+
+
+def test_infer_writes_masks_at_photo_size(data_dir, tmp_path) -> None:
+    result = run_cli("infer", str(data_dir / "messi5.jpg"), str(data_dir / "grace_hopper.jpg"), "-o", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "randomly initialised" in result.stderr or "random" not in result.stderr
+    mask = np.array(Image.open(tmp_path / "messi5_mask.png"))
+    assert mask.shape == (342, 548) and set(np.unique(mask)) <= {0, 1}
+    overlay = Image.open(tmp_path / "grace_hopper_overlay.png")
+    assert overlay.size == (512, 600) and overlay.mode == "RGB"
+    assert "person pixels" in result.stdout
+
+
+def test_infer_folder_recursive(data_dir, tmp_path, capsys) -> None:
+    assert main(["infer", str(data_dir), "-o", str(tmp_path), "--output", "mask", "-m", "segformer_b0"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("*_mask.png")) == [
+        "astronaut_mask.png",
+        "grace_hopper_mask.png",
+        "messi5_mask.png",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["infer", "no/such/photo.jpg"], "no/such/photo.jpg: no such file"),
+        (["infer", "{corrupt}"], "broken.jpg: not an image"),
+        (["infer", "{photo}", "-m", "segformer_b9"], "segformer_b9"),
+        (["infer", "{photo}", "-m", "{corrupt}"], "broken.jpg: unknown weights format"),
+        (["train"], "not available in this version yet"),
+    ],
+)
+def test_errors_are_one_line(args, message, data_dir, tmp_path) -> None:
+    corrupt = tmp_path / "broken.jpg"
+    corrupt.write_text("not a jpeg")
+    args = [a.format(corrupt=corrupt, photo=data_dir / "messi5.jpg") for a in args]
+    result = run_cli(*args, "-o", str(tmp_path / "out")) if args[0] == "infer" else run_cli(*args)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("WARNING")]
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_bad_option_value_is_an_argparse_error() -> None:
+    result = run_cli("models", "--size", "100")
+    assert result.returncode == 2 and "multiple of 32" in result.stderr
+
+
+def test_export_command(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    result = run_cli("export", "segformer_b0", "-o", str(tmp_path / "b0.onnx"))
+    assert result.returncode == 0, result.stderr
+    assert "max |logit diff|" in result.stdout and (tmp_path / "b0.onnx").stat().st_size > 1_000_000
