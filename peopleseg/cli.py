@@ -7,7 +7,6 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from peopleseg.errors import PeoplesegError
 
@@ -19,8 +18,6 @@ _PLANNED = {
     "serve": "an HTTP service with a web page",
     "autolabel": "label images or video with a teacher model, for distillation",
 }
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -52,54 +49,60 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from peopleseg.data.image_io import read_image, write_image
+    from peopleseg.infer.run import expand_inputs, is_video, parse_outputs, segment_images, segment_video
     from peopleseg.infer.segmenter import RANDOM_INIT_WARNING, Segmenter
 
-    inputs = _expand_inputs(args.inputs)
+    outputs = parse_outputs(args.output)
+    inputs = expand_inputs(args.inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # said once below, in the CLI's own words
-        segmenter = Segmenter(args.model, device=args.device)
+        segmenter = Segmenter(
+            args.model,
+            backend=args.backend,
+            device=args.device,
+            resize=args.resize,
+            threads=args.threads,
+            precision=args.precision,
+            batch_size=args.batch,
+            min_person_area=args.min_area,
+        )
     if segmenter.is_random_init:
         print(f"WARNING: {RANDOM_INIT_WARNING}.", file=sys.stderr)
-    out_dir = Path(args.output_dir)
-    person = segmenter.classes.index("person") if "person" in segmenter.classes else 1
-    for path in inputs:
-        image = read_image(path)
-        mask = segmenter.predict(image)
-        stem = path.stem
-        if args.output in ("mask", "all"):
-            write_image(out_dir / f"{stem}_mask.png", mask)
-        if args.output in ("overlay", "all"):
-            write_image(out_dir / f"{stem}_overlay.png", _overlay(image, mask == person))
-        fraction = float(np.mean(mask == person))
-        print(f"{path}: {image.shape[1]}x{image.shape[0]}, person pixels {100 * fraction:.1f}% -> {out_dir}")
+    images = [item for item in inputs if not is_video(item)]
+    videos = [item for item in inputs if is_video(item)]
+    failed: list[str] = []
+    if images:
+        # A bad file among many is reported and skipped; a single bad file is the command's one-line error.
+        summary = segment_images(
+            segmenter, images, args.output_dir, outputs, progress=not args.quiet, skip_bad=len(inputs) > 1
+        )
+        failed += summary.failed
+        if len(summary.records) <= 10:
+            for path, record in summary.records:
+                print(
+                    f"{path}: {record['width']}x{record['height']}, {record['people_count']} person region(s), "
+                    f"person pixels {100 * record['person_fraction']:.1f}%"
+                )
+        print(f"{summary.images} image(s) -> {args.output_dir} ({summary.fps:.1f} images/s)")
+    for spec in videos:
+        summary = segment_video(
+            segmenter,
+            spec,
+            args.output_dir,
+            outputs,
+            batch_size=args.batch,
+            smoothing=not args.no_smooth,
+            alpha=args.smooth_alpha,
+            max_frames=args.max_frames,
+            progress=not args.quiet,
+        )
+        failed += summary.failed
+        names = ", ".join(str(p) for p in summary.written)
+        print(f"{spec}: {summary.frames} frames at {summary.fps:.1f} FPS -> {names}")
+    if failed:
+        print(f"error: {len(failed)} input(s) or frame(s) could not be read and were skipped", file=sys.stderr)
+        return 1
     return 0
-
-
-def _overlay(image, person_mask):  # type: ignore[no-untyped-def]
-    import numpy as np
-
-    tint = np.array([255, 40, 40], dtype=np.float32)
-    blended = image.astype(np.float32)
-    blended[person_mask] = 0.5 * blended[person_mask] + 0.5 * tint
-    return blended.round().astype(np.uint8)
-
-
-def _expand_inputs(items: Sequence[str]) -> list[Path]:
-    paths: list[Path] = []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            paths += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif not path.exists():
-            raise PeoplesegError(f"{path}: no such file or folder")
-        else:
-            paths.append(path)
-    if not paths:
-        raise PeoplesegError(f"no images found in {', '.join(items)}")
-    return paths
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -133,12 +136,41 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--no-flops", action="store_true", help="skip the compute count")
     models.set_defaults(run=_cmd_models)
 
-    infer = commands.add_parser("infer", help="segment people in images or folders of images")
-    infer.add_argument("inputs", nargs="+", help="image files or folders (searched recursively)")
+    infer = commands.add_parser(
+        "infer",
+        help="segment people in photos, folders, videos, streams and webcams",
+        description="Segment people in photos, folders (recursive), globs, video files, rtsp:// or http:// streams, "
+        "webcam:N cameras and lavfi:GRAPH virtual sources.",
+    )
+    infer.add_argument("inputs", nargs="+", help="images, folders, globs, videos, rtsp://…, http://…, webcam:0")
     infer.add_argument("-o", "--output-dir", default="peopleseg_out", help="where results go (default peopleseg_out)")
-    infer.add_argument("--output", choices=("mask", "overlay", "all"), default="all", help="what to write")
-    infer.add_argument("-m", "--model", default="default", help="'default', a model name, or a weights path")
+    infer.add_argument(
+        "--output",
+        default="mask,overlay",
+        help="comma-separated: mask, overlay, cutout, blur, pixelate-people, json (default mask,overlay)",
+    )
+    infer.add_argument("-m", "--model", default="default", help="'default', a model name, a weights path or .onnx")
+    infer.add_argument("--backend", default="auto", help="auto (by file type), torch, onnxruntime or tensorrt")
     infer.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
+    infer.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="torch on GPU")
+    infer.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for the model")
+    infer.add_argument(
+        "--resize",
+        default="resize",
+        choices=("resize", "letterbox", "sliding"),
+        help="how images meet the network input size (default resize, as TAO)",
+    )
+    infer.add_argument("--batch", type=_positive_int, default=4, help="frames per forward pass (default 4)")
+    infer.add_argument(
+        "--min-area",
+        type=float,
+        default=0.0005,
+        help="smallest person region counted: pixels, or a fraction of the image if < 1",
+    )
+    infer.add_argument("--no-smooth", action="store_true", help="video: turn temporal smoothing off")
+    infer.add_argument("--smooth-alpha", type=float, default=0.5, help="video: weight of the newest frame (0-1]")
+    infer.add_argument("--max-frames", type=_positive_int, default=None, help="video: stop after N frames")
+    infer.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     infer.set_defaults(run=_cmd_infer)
 
     export = commands.add_parser("export", help="export a model to ONNX")
@@ -153,6 +185,16 @@ def build_parser() -> argparse.ArgumentParser:
         planned = commands.add_parser(name, help=f"{about} (not available yet)", description=about)
         planned.set_defaults(run=_planned(name))
     return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def _positive_multiple_of_32(text: str) -> int:

@@ -45,7 +45,7 @@ def test_infer_writes_masks_at_photo_size(data_dir, tmp_path) -> None:
     assert "randomly initialised" in result.stderr or "random" not in result.stderr
     mask = np.array(Image.open(tmp_path / "messi5_mask.png"))
     assert mask.shape == (342, 548) and set(np.unique(mask)) <= {0, 1}
-    overlay = Image.open(tmp_path / "grace_hopper_overlay.png")
+    overlay = Image.open(tmp_path / "grace_hopper_overlay.jpg")  # a JPEG photo gives a JPEG overlay
     assert overlay.size == (512, 600) and overlay.mode == "RGB"
     assert "person pixels" in result.stdout
 
@@ -57,6 +57,7 @@ def test_infer_folder_recursive(data_dir, tmp_path, capsys) -> None:
         "grace_hopper_mask.png",
         "messi5_mask.png",
     ]
+    assert not list(tmp_path.glob("*_overlay*"))
 
 
 @pytest.mark.parametrize(

@@ -21,10 +21,10 @@ def test_mask_at_original_size_for_real_photos(segmenter, data_dir) -> None:
         mask = segmenter.predict(data_dir / name)
         assert mask.shape == (height, width) and mask.dtype == np.uint8
         assert set(np.unique(mask)) <= {0, 1}
-        proba = segmenter.predict_proba(data_dir / name)
-        assert proba.shape == (2, height, width)
-        np.testing.assert_allclose(proba.sum(0), 1.0, atol=1e-5)
-        assert np.array_equal(proba.argmax(0), mask)
+        person = segmenter.predict_proba(data_dir / name)
+        assert person.shape == (height, width) and person.dtype == np.float32
+        assert person.min() >= 0 and person.max() <= 1
+        assert np.array_equal(person > 0.5, mask == 1)
 
 
 def test_matches_a_by_hand_pipeline() -> None:
@@ -54,9 +54,9 @@ def test_default_without_bundled_weights_says_so() -> None:
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        (np.zeros((10, 10), np.uint8), "shape"),
-        (np.zeros((10, 10, 4), np.uint8), "shape"),
-        (np.zeros((10, 10, 3), np.float32), "uint8"),
+        (np.zeros((2, 10, 10, 3), np.uint8), "shape"),
+        (np.zeros((10, 10, 2), np.uint8), "shape"),
+        (np.zeros((10, 10, 3), np.int32), "dtype"),
         (np.zeros((0, 10, 3), np.uint8), "empty"),
         ([[1, 2, 3]], "numpy array"),
     ],
@@ -84,3 +84,53 @@ def test_truncated_jpeg_is_an_error(segmenter, data_dir, tmp_path) -> None:
     cut.write_bytes((data_dir / "messi5.jpg").read_bytes()[:5000])
     with pytest.raises(DataError, match=r"cut\.jpg: corrupt or truncated"):
         segmenter.predict(cut)
+
+
+def test_bgr_pil_and_path_inputs_agree(segmenter, data_dir) -> None:
+    from PIL import Image
+
+    rgb = np.array(Image.open(data_dir / "messi5.jpg").convert("RGB"))
+    expected = segmenter.predict(rgb)
+    assert np.array_equal(segmenter.predict(np.ascontiguousarray(rgb[:, :, ::-1]), color="bgr"), expected)
+    assert np.array_equal(segmenter.predict(Image.open(data_dir / "messi5.jpg")), expected)
+    assert np.array_equal(segmenter.predict(data_dir / "messi5.jpg"), expected)
+
+
+def test_predict_batch_matches_single(segmenter, data_dir) -> None:
+    paths = [data_dir / n for n in ("messi5.jpg", "astronaut.jpg", "grace_hopper.jpg")]
+    for path, mask in zip(paths, segmenter.predict_batch(paths), strict=True):
+        assert np.array_equal(mask, segmenter.predict(path))
+
+
+def test_segment_lists_people(segmenter, data_dir) -> None:
+    result = segmenter.segment(data_dir / "astronaut.jpg")
+    assert result.person_fraction == pytest.approx(float((result.mask == 1).mean()))
+    areas = [p.area for p in result.people]
+    assert areas == sorted(areas, reverse=True)
+    assert all(p.area >= 0.0005 * 512 * 512 for p in result.people)
+    record = result.to_dict()
+    assert record["people_count"] == len(result.people) and record["width"] == 512
+
+
+def test_stream_smooths_and_keeps_ids() -> None:
+    # A fake model whose person is the red square: it moves 2 px a frame, and ids must stay put.
+    from test_resolution import RedIsPerson
+
+    segmenter = Segmenter("segformer_b0", backend=RedIsPerson(input_size=(64, 64)), min_person_area=10)
+    frames = []
+    for step in range(6):
+        frame = np.zeros((64, 64, 3), np.uint8)
+        frame[10:40, 10 + 2 * step : 30 + 2 * step] = (255, 0, 0)
+        frames.append(frame)
+    results = list(segmenter.stream(frames, alpha=0.7))
+    assert [len(r.people) for r in results] == [1] * 6
+    assert {r.people[0].id for r in results} == {1}
+    assert results[-1].people[0].bbox[0] > results[0].people[0].bbox[0]  # the box follows the motion
+
+
+def test_multiclass_argmax_matches_torch() -> None:
+    from peopleseg.infer.segmenter import _argmax_channels
+
+    scores = torch.rand(4, 30, 40)
+    scores[2, :5] = scores[1, :5] = 2.0  # ties: the first maximum wins, as in torch.argmax
+    assert torch.equal(_argmax_channels(scores).long(), scores.argmax(0))

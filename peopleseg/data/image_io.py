@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from peopleseg.atomic import atomic_path
 from peopleseg.errors import DataError
@@ -16,7 +16,10 @@ MAX_IMAGE_PIXELS = 178_956_970
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read any Pillow-readable image as RGB uint8 [H, W, 3] (greyscale, palette and RGBA are converted)."""
+    """Read any Pillow-readable image as RGB uint8 [H, W, 3], upright (EXIF orientation applied).
+
+    Greyscale, palette, RGBA, CMYK and 16-bit images are converted.
+    """
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
@@ -27,11 +30,27 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise DataError(f"{path}: {image.width}x{image.height} is too many pixels")
             image.load()
-            return np.array(image.convert("RGB"))  # a writable copy, not a read-only view
+            return pil_to_rgb(image)
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image, or a format Pillow cannot read") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
+
+
+def pil_to_rgb(image: Image.Image) -> np.ndarray:
+    """A PIL image as an upright RGB uint8 array. 16-bit and 32-bit greyscale are scaled, not clipped."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        grey = np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent pixels carry arbitrary colours; show them over black, as a camera would see nothing there.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return np.array(Image.alpha_composite(background, rgba).convert("RGB"))
+    return np.array(image.convert("RGB"))  # a writable copy, not a read-only view
 
 
 def write_image(path: str | os.PathLike[str], array: np.ndarray) -> Path:

@@ -1,25 +1,29 @@
-"""Segmenter: image in, person mask out, at the image's own size.
+"""Segmenter: images in, person masks out, at each image's own size.
 
-Preprocessing (resize to the network input, normalise with the model's own statistics) and postprocessing (resize
-the logits back, then argmax — never a resized label map) live here, so every caller gets the same answer.
+Preprocessing (to RGB, resize or letterbox or tile to the network input, normalise with the model's own statistics),
+the backend (torch, onnxruntime or TensorRT), and postprocessing (scores resized back, then argmax — never a resized
+label map, except for backends that only give labels) all live here, so every caller gets the same answer.
 """
 
 from __future__ import annotations
 
 import os
 import warnings
-from pathlib import Path
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from peopleseg.assets import FALLBACK_ARCH, default_weights_path
-from peopleseg.data.image_io import read_image
-from peopleseg.errors import DataError
-from peopleseg.models.registry import build_model
+from peopleseg.infer.backends import Backend, make_backend
+from peopleseg.infer.image_input import DEFAULT_MAX_PIXELS, ColorOrder, ImageLike, to_rgb
+from peopleseg.infer.resolution import check_policy, merge, prepare
+from peopleseg.models.info import ModelInfo
+from peopleseg.models.registry import REGISTRY, build_model
 from peopleseg.models.segformer import SegFormer
-from peopleseg.models.weights import load_model
 
 RANDOM_INIT_WARNING = (
     "no trained weights are bundled in this version: using a randomly initialised "
@@ -27,81 +31,212 @@ RANDOM_INIT_WARNING = (
 )
 
 
-class Segmenter:
-    """Load a model once, then `predict(image)` for a label mask (0 background, 1 person) at the image's size.
+@dataclass
+class SegmentationResult:
+    """One image's answer. `mask` holds label ids; `person` is the person probability (or 0/1 for label-only
+    backends); `people` lists connected person regions (with stable ids when they come from `stream`)."""
 
-    `model` is a registry name (random weights), a weights path (see `load_model`), a ready `SegFormer`, or
-    "default" for the bundled model.
+    mask: np.ndarray
+    person: np.ndarray
+    people: list[Any] = field(default_factory=list)
+    person_index: int = 1
+
+    @property
+    def person_mask(self) -> np.ndarray:
+        return self.mask == self.person_index
+
+    @property
+    def person_fraction(self) -> float:
+        return float(np.mean(self.person_mask))
+
+    def to_dict(self) -> dict[str, Any]:
+        height, width = self.mask.shape
+        return {
+            "width": width,
+            "height": height,
+            "person_fraction": round(self.person_fraction, 6),
+            "people_count": len(self.people),
+            "people": [p.to_dict() for p in self.people],
+        }
+
+
+class Segmenter:
+    """Load a model once, then segment images, batches and video frames.
+
+    `model`: "default" (the bundled model), a registry name (random weights), a weights path (.safetensors, HF, TAO,
+    …), an exported `.onnx`, a TensorRT `.engine`, or a ready `SegFormer`.
+    `resize`: "resize" (default, like TAO), "letterbox" (keep the aspect ratio) or "sliding" (windows, large images).
+    `min_person_area`: connected regions smaller than this (pixels, or a fraction of the image if < 1) are not people.
     """
 
-    def __init__(self, model: str | os.PathLike[str] | SegFormer = "default", device: str = "cpu") -> None:
-        self.device = torch.device(device)
+    def __init__(
+        self,
+        model: str | os.PathLike[str] | SegFormer = "default",
+        *,
+        backend: str | Backend = "auto",
+        device: str = "cpu",
+        resize: str = "resize",
+        threads: int | None = None,
+        precision: str = "fp32",
+        compile: bool = False,
+        info: ModelInfo | None = None,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        min_person_area: float = 0.0005,
+        batch_size: int = 8,
+    ) -> None:
+        check_policy(resize)
         self.is_random_init = False
-        if isinstance(model, SegFormer):
-            network = model
-        elif str(model) == "default":
+        if not isinstance(model, SegFormer) and str(model) == "default":
             weights = default_weights_path()
             if weights is None:
                 warnings.warn(RANDOM_INIT_WARNING, stacklevel=2)
                 torch.manual_seed(0)
-                network = build_model(FALLBACK_ARCH)
+                model = build_model(FALLBACK_ARCH)
                 self.is_random_init = True
             else:
-                network = load_model(weights)
-        else:
-            network = load_model(model)
-            self.is_random_init = str(model) == network.info.arch  # a bare name builds random weights
-        self.model = network.to(self.device).eval()
-        self.info = network.info
-        scale = torch.tensor(self.info.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        shift = torch.tensor(self.info.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        self._mean, self._std = shift, scale
+                model = weights
+        elif not isinstance(model, SegFormer) and str(model) in REGISTRY and not os.path.exists(str(model)):
+            self.is_random_init = True  # a bare name builds random weights
+        self.backend: Backend = make_backend(
+            model, backend=backend, device=device, threads=threads, precision=precision, compile=compile, info=info
+        )
+        self.info = self.backend.info
+        self.resize = resize
+        self.max_pixels = max_pixels
+        self.min_person_area = min_person_area
+        self.batch_size = max(1, batch_size)
+        self.person_index = self.info.classes.index("person") if "person" in self.info.classes else 1
+        self._mean = torch.tensor(self.info.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.info.std, dtype=torch.float32).view(1, 3, 1, 1)
 
     @classmethod
-    def from_pretrained(cls, device: str = "cpu") -> Segmenter:
-        """The bundled default model."""
-        return cls("default", device=device)
+    def from_pretrained(cls, **kwargs: Any) -> Segmenter:
+        """The bundled default model; keyword arguments as for `Segmenter(...)`."""
+        return cls("default", **kwargs)
+
+    @property
+    def model(self) -> SegFormer | None:
+        """The PyTorch model, for the torch backend."""
+        return getattr(self.backend, "model", None)
 
     @property
     def classes(self) -> list[str]:
         return list(self.info.classes)
 
-    def preprocess(self, image: np.ndarray) -> torch.Tensor:
-        """RGB uint8 [H, W, 3] to a normalised float [1, 3, h, w] at the network input size."""
-        _check_image(image)
-        pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device).permute(2, 0, 1)[None].float()
-        height, width = self.info.input_size
-        if pixels.shape[2:] != (height, width):
-            pixels = F.interpolate(pixels, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-        return (pixels - self._mean) / self._std
+    # --- the public calls ---------------------------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def predict_logits(self, image: np.ndarray) -> torch.Tensor:
-        """Logits [C, H, W] resized to the image's own size."""
-        logits = self.model(self.preprocess(image))
-        return F.interpolate(logits, size=image.shape[:2], mode="bilinear", align_corners=False)[0]
-
-    def predict_proba(self, image: np.ndarray | str | os.PathLike[str]) -> np.ndarray:
-        """Per-class probabilities float32 [C, H, W] at the image's size."""
-        image = _as_array(image)
-        return torch.softmax(self.predict_logits(image), dim=0).cpu().numpy()
-
-    def predict(self, image: np.ndarray | str | os.PathLike[str]) -> np.ndarray:
+    def predict(self, image: ImageLike, color: ColorOrder = "rgb") -> np.ndarray:
         """Label ids uint8 [H, W] at the image's size (0 background, 1 person for the default classes)."""
-        image = _as_array(image)
-        return self.predict_logits(image).argmax(dim=0).to(torch.uint8).cpu().numpy()
+        return self.segment(image, color=color, people=False).mask
+
+    def predict_proba(self, image: ImageLike, color: ColorOrder = "rgb") -> np.ndarray:
+        """Person probability float32 [H, W] at the image's size."""
+        return self.segment(image, color=color, people=False).person
+
+    def predict_batch(self, images: Sequence[ImageLike], color: ColorOrder = "rgb") -> list[np.ndarray]:
+        """Label masks for several images (of any sizes), run through the network in batches."""
+        return [r.mask for r in self.segment_batch(images, color=color, people=False)]
+
+    def segment(self, image: ImageLike, color: ColorOrder = "rgb", people: bool = True) -> SegmentationResult:
+        """Mask, person probability and (with `people`) the connected person regions of one image."""
+        return self.segment_batch([image], color=color, people=people)[0]
+
+    def segment_batch(
+        self, images: Sequence[ImageLike], color: ColorOrder = "rgb", people: bool = True
+    ) -> list[SegmentationResult]:
+        arrays = [to_rgb(image, color, self.max_pixels) for image in images]
+        scores = self._scores(arrays)
+        return [self._result(s, people) for s in scores]
+
+    def stream(
+        self,
+        frames: Iterable[ImageLike],
+        color: ColorOrder = "rgb",
+        smoothing: bool = True,
+        alpha: float = 0.5,
+        track: bool = True,
+    ) -> Iterator[SegmentationResult]:
+        """Results for an iterator of video frames, in order, with temporal smoothing (an EMA of probabilities
+        with hysteresis) against flicker, and people ids kept stable across frames by an IoU tracker."""
+        from peopleseg.infer.people import PeopleTracker
+        from peopleseg.infer.smoothing import TemporalSmoother
+
+        smoother = TemporalSmoother(alpha=alpha) if smoothing else None
+        tracker = PeopleTracker() if track else None
+        for frame in frames:
+            result = self.segment(frame, color=color, people=False)
+            yield self.follow(result, smoother, tracker)
+
+    def follow(self, result: SegmentationResult, smoother: Any = None, tracker: Any = None) -> SegmentationResult:
+        """Apply a video's smoother and tracker to one frame's result (what `stream` does per frame)."""
+        from peopleseg.infer.people import find_people
+
+        if smoother is not None:
+            smoothed, stable = smoother.update(result.person)
+            result.person = smoothed
+            mask = result.mask.copy()
+            # Only the person/background decision is smoothed; other classes keep their per-frame labels.
+            mask[stable] = self.person_index
+            mask[~stable & (mask == self.person_index)] = 0
+            result.mask = mask
+        found = find_people(result.person_mask, self.min_person_area, proba=result.person)
+        result.people = tracker.update(found) if tracker is not None else found
+        return result
+
+    # --- internals ----------------------------------------------------------------------------------------------
+
+    def _scores(self, arrays: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per image: (label ids uint8 [H, W], person probability float32 [H, W]) at the image's own size."""
+        inputs, plans = [], []
+        for array in arrays:
+            pixels = torch.from_numpy(array).permute(2, 0, 1)[None].float()
+            crops, plan = prepare((pixels - self._mean) / self._std, self.resize, self.info.input_size)
+            inputs.append(crops)
+            plans.append(plan)
+        batch = torch.cat(inputs)
+        size = self.batch_size
+        outputs = torch.cat([self.backend(batch[i : i + size]) for i in range(0, len(batch), size)]).cpu()
+        results, start = [], 0
+        for crops, plan in zip(inputs, plans, strict=True):
+            out = outputs[start : start + len(crops)]
+            start += len(crops)
+            mask, person = self._postprocess(out, plan)
+            results.append((mask.to(torch.uint8).numpy(), person.numpy().astype(np.float32, copy=False)))
+        return results
+
+    def _postprocess(self, out: torch.Tensor, plan: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        kind = self.backend.output_kind
+        if kind == "logits" and out.shape[1] == 2:
+            # Two classes: softmax is the sigmoid of the logit difference, so one channel is resized, not two,
+            # and the argmax is its sign (ties go to background, as argmax's first-maximum rule gives).
+            difference = merge(out[:, 1:] - out[:, :1], plan)[0]
+            person = torch.sigmoid(difference)
+            mask = difference > 0
+            return (mask if self.person_index == 1 else ~mask), (person if self.person_index == 1 else 1 - person)
+        if kind == "labels":
+            # Label-only models (an in-graph argmax) can only be resized as votes, nearest-neighbour.
+            scores = merge(F.one_hot(out.long(), self.info.num_classes).permute(0, 3, 1, 2).float(), plan, "nearest")
+        elif kind == "probs":
+            scores = merge(out, plan)
+        else:
+            scores = torch.softmax(merge(out, plan), dim=0)
+        return _argmax_channels(scores), scores[self.person_index]
+
+    def _result(self, scores: tuple[np.ndarray, np.ndarray], people: bool) -> SegmentationResult:
+        mask, person = scores
+        result = SegmentationResult(mask=mask, person=person, person_index=self.person_index)
+        if people:
+            from peopleseg.infer.people import find_people
+
+            result.people = find_people(result.person_mask, self.min_person_area, proba=person)
+        return result
 
 
-def _as_array(image: np.ndarray | str | os.PathLike[str]) -> np.ndarray:
-    if isinstance(image, (str, Path, os.PathLike)):
-        return read_image(image)
-    return image
-
-
-def _check_image(image: np.ndarray) -> None:
-    if not isinstance(image, np.ndarray):
-        raise DataError(f"expected an RGB uint8 numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise DataError(f"expected an RGB uint8 array of shape [H, W, 3], got {image.dtype} {list(image.shape)}")
-    if min(image.shape[:2]) < 1:
-        raise DataError(f"empty image of shape {list(image.shape)}")
+def _argmax_channels(scores: torch.Tensor) -> torch.Tensor:
+    """argmax over the (few) channels of [C, H, W] as element-wise steps: much faster than a strided reduction."""
+    best, index = scores[0].clone(), torch.zeros(scores.shape[1:], dtype=torch.uint8)
+    for channel in range(1, scores.shape[0]):
+        better = scores[channel] > best  # strict: the first maximum wins, as in torch.argmax
+        index[better] = channel
+        best = torch.maximum(best, scores[channel])
+    return index

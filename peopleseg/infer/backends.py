@@ -1,0 +1,237 @@
+"""Inference backends behind one interface: PyTorch, onnxruntime and TensorRT.
+
+A backend takes a normalised float32 batch [N, 3, H, W] and returns a torch tensor in one of three kinds:
+`logits` [N, C, h, w] (any h, w: the postprocessor resizes), `probs` [N, C, H, W], or `labels` [N, H, W] class ids
+(NVIDIA's deployable PeopleSemSegFormer ONNX gives these after an in-graph argmax).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+from peopleseg.errors import ConfigError, ModelError
+from peopleseg.models.info import ModelInfo
+from peopleseg.models.segformer import SegFormer
+
+OutputKind = Literal["logits", "probs", "labels"]
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+class Backend(Protocol):
+    name: str
+    info: ModelInfo
+    output_kind: OutputKind
+    device: torch.device
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+
+class TorchBackend:
+    """Eager (or compiled) PyTorch. fp16/bf16 autocast on GPU; channels_last where it helps convolutions."""
+
+    name = "torch"
+    output_kind: OutputKind = "logits"
+
+    def __init__(
+        self,
+        model: SegFormer,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        channels_last: bool = False,
+        compile: bool = False,
+    ) -> None:
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise ModelError(f"device '{device}' asked for, but this torch has no CUDA device")
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise ConfigError(f"precision must be fp32, fp16 or bf16, got '{precision}'")
+        self.info = model.info
+        self.model = model.to(self.device).eval()
+        self.channels_last = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        self._forward = torch.compile(self.model) if compile else self.model
+
+    @torch.inference_mode()
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = pixels.to(self.device, non_blocking=True)
+        if self.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        if self.dtype is None:
+            return self._forward(pixels)
+        with torch.autocast(self.device.type, dtype=self.dtype):
+            return self._forward(pixels).float()
+
+
+class OnnxRuntimeBackend:
+    """Our exported ONNX, or NVIDIA's deployable PeopleSemSegFormer ONNX (input `input`, output `output`)."""
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        device: str | torch.device = "cpu",
+        threads: int | None = None,
+        info: ModelInfo | None = None,
+    ) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ModelError("the onnxruntime backend needs onnxruntime: pip install 'peopleseg[export]'") from None
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(f"{self.path}: no such ONNX file")
+        self.device = torch.device(device)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if self.device.type == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ModelError("the onnxruntime CUDA provider is not installed (pip install onnxruntime-gpu)")
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for a bad file
+            raise ModelError(f"{self.path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1:
+            raise ModelError(f"{self.path}: expected one image input, found {[i.name for i in inputs]}")
+        self.input_name = inputs[0].name
+        self.output_name = "output" if any(o.name == "output" for o in outputs) else outputs[0].name
+        self.fixed_batch = inputs[0].shape[0] if isinstance(inputs[0].shape[0], int) else None
+        self.info = info or self._read_info(inputs[0].shape)
+        output = next(o for o in outputs if o.name == self.output_name)
+        self.output_kind = self._output_kind(output.type, self.session.get_modelmeta().custom_metadata_map)
+
+    def _read_info(self, input_shape: list[Any]) -> ModelInfo:
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "peopleseg" in meta:
+            return ModelInfo.from_dict(json.loads(meta["peopleseg"]), source=str(self.path))
+        # A foreign file (e.g. NVIDIA's deployable): take the input size from the graph, and NVIDIA's 0.5/0.5
+        # normalisation, which the deployable PeopleSemSegFormer is fed (DESIGN.md); pass `info` to override.
+        from peopleseg.models.info import HALF_MEAN, HALF_STD
+
+        height, width = input_shape[2], input_shape[3]
+        if not (isinstance(height, int) and isinstance(width, int)):
+            height, width = 512, 512
+        return ModelInfo(arch="onnx", mean=HALF_MEAN, std=HALF_STD, input_size=(height, width))
+
+    @staticmethod
+    def _output_kind(onnx_type: str, meta: dict[str, str]) -> OutputKind:
+        if "int" in onnx_type:
+            return "labels"
+        kind = meta.get("output_kind", "logits")
+        return "probs" if kind == "probs" else "logits"
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        batch = pixels.detach().cpu().numpy().astype(np.float32, copy=False)
+        if self.fixed_batch and batch.shape[0] != self.fixed_batch:
+            parts = [self._run(batch[i : i + 1]) for i in range(batch.shape[0])]
+            return torch.cat(parts)
+        return self._run(batch)
+
+    def _run(self, batch: np.ndarray) -> torch.Tensor:
+        out = torch.from_numpy(self.session.run([self.output_name], {self.input_name: batch})[0])
+        if self.output_kind == "labels":
+            # [N, 1, H, W] (deployable PeopleSemSegFormer) or [N, H, W, 1] (TAO 5.0 export) or [N, H, W].
+            if out.ndim == 4:
+                out = out[:, 0] if out.shape[1] == 1 else out[..., 0]
+            return out.long()
+        return out.float()
+
+
+class TensorRTBackend:
+    """A serialized TensorRT engine (.engine/.plan), run on CUDA with torch tensors as the I/O buffers."""
+
+    name = "tensorrt"
+    output_kind: OutputKind = "logits"
+
+    def __init__(self, path: str | os.PathLike[str], info: ModelInfo, device: str = "cuda") -> None:
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise ModelError(
+                "the tensorrt backend needs NVIDIA TensorRT: pip install tensorrt (on a machine with an NVIDIA GPU)"
+            ) from None
+        if not torch.cuda.is_available():
+            raise ModelError("the tensorrt backend needs a CUDA GPU, and torch sees none")
+        self.path = Path(path)
+        self.device = torch.device(device)
+        self.info = info
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise ModelError(f"{self.path}: TensorRT could not deserialize the engine (built by another version?)")
+        self.context = self.engine.create_execution_context()
+        self.input_name, self.output_name = "input", "output"
+        dtype = self.engine.get_tensor_dtype(self.output_name)
+        self.output_kind = "labels" if dtype in (trt.int32, trt.int64) else "logits"
+        self._torch_dtype = {
+            trt.float32: torch.float32,
+            trt.float16: torch.float16,
+            trt.int32: torch.int32,
+            trt.int64: torch.int64,
+        }[dtype]
+
+    @torch.inference_mode()
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        pixels = pixels.to(self.device, torch.float32).contiguous()
+        self.context.set_input_shape(self.input_name, tuple(pixels.shape))
+        shape = tuple(self.context.get_tensor_shape(self.output_name))
+        out = torch.empty(shape, dtype=self._torch_dtype, device=self.device)
+        self.context.set_tensor_address(self.input_name, pixels.data_ptr())
+        self.context.set_tensor_address(self.output_name, out.data_ptr())
+        stream = torch.cuda.current_stream(self.device)
+        if not self.context.execute_async_v3(stream.cuda_stream):
+            raise ModelError(f"{self.path}: TensorRT execution failed")
+        stream.synchronize()
+        if self.output_kind == "labels":
+            return (out[:, 0] if out.ndim == 4 and out.shape[1] == 1 else out).long()
+        return out.float()
+
+
+def make_backend(
+    model: str | os.PathLike[str] | SegFormer,
+    backend: str | Backend = "auto",
+    device: str = "cpu",
+    threads: int | None = None,
+    precision: str = "fp32",
+    compile: bool = False,
+    info: ModelInfo | None = None,
+) -> Backend:
+    """Pick the backend from the file type unless told: .onnx → onnxruntime, .engine/.plan → tensorrt, else torch.
+
+    A ready backend object (anything with `info`, `output_kind`, `device` and `__call__`) is used as it is.
+    """
+    from peopleseg.models.weights import load_model
+
+    if not isinstance(backend, str):
+        return backend
+    suffix = Path(str(model)).suffix.lower() if not isinstance(model, SegFormer) else ""
+    if backend == "auto":
+        backend = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}.get(suffix, "torch")
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend '{backend}'; choose from {', '.join(BACKENDS)}")
+    if threads:
+        torch.set_num_threads(threads)
+    if backend == "onnxruntime":
+        if suffix != ".onnx":
+            raise ConfigError(f"the onnxruntime backend runs an .onnx file; export one first (got '{model}')")
+        return OnnxRuntimeBackend(model, device=device, threads=threads, info=info)  # type: ignore[arg-type]
+    if backend == "tensorrt":
+        if info is None:
+            raise ConfigError("a TensorRT engine carries no metadata: pass the model info (normalisation, classes)")
+        return TensorRTBackend(model, info=info, device=device if device != "cpu" else "cuda")  # type: ignore[arg-type]
+    network = model if isinstance(model, SegFormer) else load_model(model)
+    return TorchBackend(network, device=device, precision=precision, compile=compile)

@@ -1,0 +1,109 @@
+"""How an image of any size meets a network with a fixed input size, and how the answer goes back.
+
+- `resize` (the default, as TAO does): stretch to the input size, then resize the scores back;
+- `letterbox`: scale to fit keeping the aspect ratio, pad the rest, and crop the padding out of the scores;
+- `sliding`: run overlapping input-sized windows over the image at its own scale and average the scores (for
+  large images whose people would shrink to a few pixels in a plain resize).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from peopleseg.errors import ConfigError
+
+Policy = Literal["resize", "letterbox", "sliding"]
+POLICIES = ("resize", "letterbox", "sliding")
+
+
+@dataclass
+class Plan:
+    """Where one image's network inputs came from: enough to put their scores back together."""
+
+    policy: str
+    image_size: tuple[int, int]
+    input_size: tuple[int, int]
+    # letterbox: the content box (top, left, height, width) inside the padded input
+    content: tuple[int, int, int, int] | None = None
+    # sliding: window boxes (top, left) in the padded image, and the padded size
+    windows: list[tuple[int, int]] = field(default_factory=list)
+    padded_size: tuple[int, int] | None = None
+
+
+def check_policy(policy: str) -> None:
+    if policy not in POLICIES:
+        raise ConfigError(f"unknown resolution policy '{policy}'; choose from {', '.join(POLICIES)}")
+
+
+def prepare(
+    pixels: torch.Tensor, policy: str, input_size: tuple[int, int], overlap: float = 1 / 3
+) -> tuple[torch.Tensor, Plan]:
+    """`pixels`: one normalised image [1, 3, H, W]. Returns the network inputs [K, 3, h, w] and the plan."""
+    check_policy(policy)
+    image_size = (pixels.shape[2], pixels.shape[3])
+    height, width = input_size
+    if policy == "resize":
+        return _resize(pixels, input_size), Plan(policy, image_size, input_size)
+    if policy == "letterbox":
+        scale = min(height / image_size[0], width / image_size[1])
+        inner = (max(1, round(image_size[0] * scale)), max(1, round(image_size[1] * scale)))
+        top, left = (height - inner[0]) // 2, (width - inner[1]) // 2
+        canvas = pixels.new_zeros(1, 3, height, width)  # zero is the mean colour once normalised
+        canvas[:, :, top : top + inner[0], left : left + inner[1]] = _resize(pixels, inner)
+        return canvas, Plan(policy, image_size, input_size, content=(top, left, inner[0], inner[1]))
+    # sliding windows at the image's own scale, padded up to at least one window
+    padded = (max(image_size[0], height), max(image_size[1], width))
+    if padded != image_size:
+        pixels = F.pad(pixels, (0, padded[1] - image_size[1], 0, padded[0] - image_size[0]))
+    if not 0 <= overlap < 1:
+        raise ConfigError(f"sliding-window overlap must be in [0, 1), got {overlap}")
+    tops = _starts(padded[0], height, overlap)
+    lefts = _starts(padded[1], width, overlap)
+    windows = [(top, left) for top in tops for left in lefts]
+    crops = torch.cat([pixels[:, :, top : top + height, left : left + width] for top, left in windows])
+    return crops, Plan(policy, image_size, input_size, windows=windows, padded_size=padded)
+
+
+def merge(scores: torch.Tensor, plan: Plan, mode: str = "bilinear") -> torch.Tensor:
+    """Scores of one image's inputs [K, C, h, w] back to [C, H, W] at the image's own size.
+
+    `mode` is "bilinear" for logits and probabilities, "nearest" for class-id maps (as float).
+    """
+    align = {"align_corners": False} if mode == "bilinear" else {}
+    if plan.policy == "resize":
+        return F.interpolate(scores, size=plan.image_size, mode=mode, **align)[0]
+    if plan.policy == "letterbox":
+        top, left, height, width = plan.content  # type: ignore[misc]
+        full = F.interpolate(scores, size=plan.input_size, mode=mode, **align)
+        content = full[:, :, top : top + height, left : left + width]
+        return F.interpolate(content, size=plan.image_size, mode=mode, **align)[0]
+    height, width = plan.input_size
+    padded = plan.padded_size or plan.image_size
+    total = scores.new_zeros(scores.shape[1], *padded)
+    count = scores.new_zeros(1, *padded)
+    windows = F.interpolate(scores, size=plan.input_size, mode=mode, **align)
+    for (top, left), window in zip(plan.windows, windows, strict=True):
+        total[:, top : top + height, left : left + width] += window
+        count[:, top : top + height, left : left + width] += 1
+    merged = total / count
+    return merged[:, : plan.image_size[0], : plan.image_size[1]]
+
+
+def _resize(pixels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(pixels.shape[2:]) == tuple(size):
+        return pixels
+    return F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def _starts(length: int, window: int, overlap: float) -> list[int]:
+    """Window starts covering [0, length) with at least `overlap` of a window shared between neighbours."""
+    if length <= window:
+        return [0]
+    stride = max(1, int(window * (1 - overlap)))
+    count = math.ceil((length - window) / stride) + 1
+    return [min(i * stride, length - window) for i in range(count)]

@@ -1,0 +1,271 @@
+"""The `peopleseg infer` job as a library: expand inputs, then segment images and videos into the chosen outputs.
+
+Outputs per image: `<stem>_mask.png`, `_overlay`, `_cutout.png` (RGBA), `_blur`, `_pixelate`, and `<stem>.json`.
+Outputs per video or stream: `<stem>_overlay.mp4` / `_blur.mp4` / `_pixelate.mp4` (audio kept), a folder of mask
+PNGs (`<stem>_masks/000000.png` …) or RGBA cut-outs, and `<stem>.jsonl` with per-frame people counts and occupancy.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import re
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from peopleseg.atomic import atomic_open
+from peopleseg.data.image_io import read_image, write_image
+from peopleseg.errors import ConfigError, DataError, PeoplesegError
+from peopleseg.infer.segmenter import SegmentationResult, Segmenter
+
+OUTPUTS = ("mask", "overlay", "cutout", "blur", "pixelate-people", "json")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
+STREAM_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "webcam:", "lavfi:")
+# Rendered video outputs; the other outputs of a video are frame folders or JSONL.
+_VIDEO_RENDERS = {"overlay": "overlay", "blur": "blur", "pixelate-people": "pixelate"}
+
+
+@dataclass
+class InferSummary:
+    images: int = 0
+    videos: int = 0
+    frames: int = 0
+    failed: list[str] = field(default_factory=list)
+    written: list[Path] = field(default_factory=list)
+    fps: float = 0.0
+    # Per image: (path, the JSON summary of its result): small, so a caller can print or aggregate them.
+    records: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+def parse_outputs(text: str | Sequence[str]) -> list[str]:
+    items = text.split(",") if isinstance(text, str) else [p for t in text for p in t.split(",")]
+    outputs = [item.strip() for item in items if item.strip()]
+    for item in outputs:
+        if item not in OUTPUTS:
+            raise ConfigError(f"unknown output '{item}'; choose from {', '.join(OUTPUTS)}")
+    if not outputs:
+        raise ConfigError("no output chosen")
+    return outputs
+
+
+def expand_inputs(items: Sequence[str]) -> list[str]:
+    """Files, folders (recursive), globs, video files and stream specs, in a stable order."""
+    found: list[str] = []
+    for item in items:
+        if item.startswith(STREAM_PREFIXES):
+            found.append(item)
+            continue
+        path = Path(item)
+        if path.is_dir():
+            media = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+            found += [str(p) for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in media]
+        elif path.exists():
+            found.append(item)
+        elif glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                raise DataError(f"{item}: the pattern matches no files")
+            found += matches
+        else:
+            raise DataError(f"{item}: no such file or folder")
+    if not found:
+        raise DataError(f"no images or videos found in {', '.join(items)}")
+    return found
+
+
+def is_video(spec: str) -> bool:
+    return spec.startswith(STREAM_PREFIXES) or Path(spec).suffix.lower() in VIDEO_SUFFIXES
+
+
+def render(image: np.ndarray, result: SegmentationResult, kind: str) -> np.ndarray:
+    from peopleseg.infer import render as draw
+
+    if kind == "overlay":
+        return draw.overlay(image, result.person_mask)
+    if kind == "cutout":
+        return draw.cutout(image, result.person)
+    if kind == "blur":
+        return draw.blur_background(image, result.person)
+    if kind == "pixelate-people":
+        return draw.pixelate_people(image, result.person_mask)
+    if kind == "mask":
+        return result.mask
+    raise ConfigError(f"output '{kind}' is not an image")
+
+
+def segment_images(
+    segmenter: Segmenter,
+    paths: Sequence[str],
+    out_dir: str | Path,
+    outputs: Sequence[str] = ("mask", "overlay"),
+    report: Callable[[str], None] | None = None,
+    progress: bool = True,
+    skip_bad: bool = True,
+) -> InferSummary:
+    """Segment image files into `out_dir`. A file that cannot be read is reported and skipped (or, without
+    `skip_bad`, raised)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    out_dir = Path(out_dir)
+    summary = InferSummary()
+    report = report or _stderr
+    columns = [
+        TextColumn("images"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[rate]}"),
+    ]
+    with Progress(*columns, disable=not progress or len(paths) < 2, transient=True) as bar:
+        task = bar.add_task("images", total=len(paths), rate="")
+        import time
+
+        start = time.perf_counter()
+        for path in paths:
+            try:
+                image = read_image(path)
+                result = segmenter.segment(image)
+            except PeoplesegError as exc:
+                if not skip_bad:
+                    raise
+                summary.failed.append(str(path))
+                report(f"skipped {exc}")
+                bar.advance(task)
+                continue
+            summary.written += _write_image_outputs(Path(path), image, result, out_dir, outputs)
+            summary.records.append((str(path), result.to_dict()))
+            summary.images += 1
+            elapsed = time.perf_counter() - start
+            bar.update(task, advance=1, rate=f"{summary.images / elapsed:.1f} img/s" if elapsed else "")
+        summary.fps = summary.images / max(time.perf_counter() - start, 1e-9)
+    return summary
+
+
+def _write_image_outputs(
+    path: Path, image: np.ndarray, result: SegmentationResult, out_dir: Path, outputs: Sequence[str]
+) -> list[Path]:
+    written = []
+    photo_suffix = ".jpg" if path.suffix.lower() in (".jpg", ".jpeg") else ".png"
+    for kind in outputs:
+        if kind == "json":
+            target = out_dir / f"{path.stem}.json"
+            with atomic_open(target) as stream:
+                json.dump({"image": str(path), **result.to_dict()}, stream, indent=2)
+                stream.write("\n")
+        else:
+            suffix = ".png" if kind in ("mask", "cutout") else photo_suffix
+            name = {"pixelate-people": "pixelate"}.get(kind, kind)
+            target = write_image(out_dir / f"{path.stem}_{name}{suffix}", render(image, result, kind))
+        written.append(target)
+    return written
+
+
+def stream_stem(spec: str) -> str:
+    """A file-name stem for a video path or a stream spec (`rtsp://cam1/live` → `rtsp_cam1_live`)."""
+    if spec.startswith(STREAM_PREFIXES):
+        return re.sub(r"[^A-Za-z0-9]+", "_", spec).strip("_")[:80] or "stream"
+    return Path(spec).stem
+
+
+def segment_video(
+    segmenter: Segmenter,
+    spec: str,
+    out_dir: str | Path,
+    outputs: Sequence[str] = ("blur",),
+    batch_size: int = 4,
+    smoothing: bool = True,
+    alpha: float = 0.5,
+    max_frames: int | None = None,
+    progress: bool = True,
+    report: Callable[[str], None] | None = None,
+) -> InferSummary:
+    """Segment a video file, stream (`rtsp://…`, `http://…`), `webcam:N` or `lavfi:GRAPH` into `out_dir`.
+
+    Decoding, inference and encoding run as a pipeline of threads with bounded queues; frames go through the model
+    `batch_size` at a time. With `smoothing` the person probability is averaged over time with hysteresis
+    (`alpha` is the weight of the newest frame), which stops masks flickering on a still camera.
+    A corrupt frame is reported and skipped. Ctrl-C (KeyboardInterrupt) still leaves valid, playable files.
+    """
+    from peopleseg.infer.people import PeopleTracker
+    from peopleseg.infer.pipeline import run_pipeline
+    from peopleseg.infer.smoothing import TemporalSmoother
+    from peopleseg.infer.sources import open_source
+    from peopleseg.infer.video_writer import VideoWriter
+
+    out_dir = Path(out_dir)
+    report = report or _stderr
+    stem = stream_stem(spec)
+    smoother = TemporalSmoother(alpha=alpha) if smoothing else None
+    tracker = PeopleTracker()
+    summary = InferSummary(videos=1)
+    skipped: list[int] = []
+
+    def on_skip(index: int, reason: str) -> None:
+        skipped.append(index)
+        report(f"{spec}: frame {index}: {reason}; skipped")
+
+    with ExitStack() as stack:
+        source = stack.enter_context(open_source(spec, on_skip=on_skip, max_frames=max_frames))
+        fps = source.fps or 25.0
+        writers: dict[str, Any] = {}
+        for kind in outputs:
+            if kind in _VIDEO_RENDERS:
+                target = out_dir / f"{stem}_{_VIDEO_RENDERS[kind]}.mp4"
+                audio = spec if source.has_audio and not source.is_live else None
+                writers[kind] = stack.enter_context(
+                    VideoWriter(target, fps, source.width, source.height, audio_from=audio)
+                )
+                summary.written.append(target)
+        frame_dirs = {}
+        for kind, folder in (("mask", "masks"), ("cutout", "cutouts")):
+            if kind in outputs:
+                frame_dirs[kind] = out_dir / f"{stem}_{folder}"
+                frame_dirs[kind].mkdir(parents=True, exist_ok=True)
+                summary.written.append(frame_dirs[kind])
+        jsonl = None
+        if "json" in outputs:
+            target = out_dir / f"{stem}.jsonl"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Line by line, flushed: an interrupted or crashed run keeps every frame it finished.
+            jsonl = stack.enter_context(open(target, "w", buffering=1))
+            summary.written.append(target)
+
+        def process(frames: list[Any]) -> list[SegmentationResult]:
+            return segmenter.segment_batch([f.image for f in frames], people=False)
+
+        def consume(frame: Any, result: SegmentationResult) -> None:
+            result = segmenter.follow(result, smoother, tracker)
+            for kind, writer in writers.items():
+                writer.write(render(frame.image, result, kind))
+            for kind, folder in frame_dirs.items():
+                write_image(folder / f"{frame.index:06d}.png", render(frame.image, result, kind))
+            if jsonl is not None:
+                record = {"frame": frame.index, "time_s": round(frame.time_s, 4), **result.to_dict()}
+                record["occupancy"] = record.pop("person_fraction")
+                record["total_people_seen"] = tracker.total_seen
+                jsonl.write(json.dumps(record) + "\n")
+
+        stats = run_pipeline(
+            source,
+            process,
+            consume,
+            batch_size=batch_size,
+            progress=progress,
+            total=source.frame_count,
+            description=stem,
+        )
+    summary.frames, summary.fps = stats.frames, stats.fps
+    if skipped:
+        summary.failed += [f"{spec}: frame {i}" for i in skipped]
+    return summary
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)

@@ -1,0 +1,79 @@
+"""Resolution policies put the scores back where they came from: a fake model whose 'person' is the red channel
+must find the red region of the image, whatever the policy and aspect ratio."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from peopleseg import Segmenter
+from peopleseg.errors import ConfigError
+from peopleseg.models import ModelInfo
+from peopleseg.models.info import HALF_MEAN, HALF_STD
+
+
+class RedIsPerson:
+    """A stand-in backend: logits at 1/4 resolution saying 'person' where the red channel is bright."""
+
+    name = "fake"
+    output_kind = "logits"
+    device = torch.device("cpu")
+
+    def __init__(self, input_size=(64, 96)) -> None:
+        self.info = ModelInfo(arch="fake", mean=HALF_MEAN, std=HALF_STD, input_size=input_size)
+        self.batches: list[tuple[int, ...]] = []
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.batches.append(tuple(pixels.shape))
+        red = F.avg_pool2d(pixels[:, :1], 4) * 8  # normalised red in [-1, 1], sharpened
+        return torch.cat([-red, red], dim=1)
+
+
+def _scene(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    image = np.zeros((height, width, 3), np.uint8)
+    truth = np.zeros((height, width), bool)
+    truth[height // 5 : height // 2, width // 3 : 3 * width // 4] = True
+    image[truth] = (255, 0, 0)
+    return image, truth
+
+
+@pytest.mark.parametrize("policy", ["resize", "letterbox", "sliding"])
+@pytest.mark.parametrize("size", [(120, 300), (300, 90), (64, 96), (37, 41)])
+def test_policies_find_the_region(policy: str, size: tuple[int, int]) -> None:
+    segmenter = Segmenter("segformer_b0", backend=RedIsPerson(), resize=policy)
+    image, truth = _scene(*size)
+    mask = segmenter.predict(image)
+    assert mask.shape == truth.shape
+    iou = np.logical_and(mask == 1, truth).sum() / np.logical_or(mask == 1, truth).sum()
+    assert iou > 0.85, iou
+
+
+def test_sliding_covers_a_large_image_with_overlapping_windows() -> None:
+    backend = RedIsPerson()
+    segmenter = Segmenter("segformer_b0", backend=backend, resize="sliding")
+    image, truth = _scene(200, 400)
+    mask = segmenter.predict(image)
+    assert backend.batches[0][0] > 4  # several windows went through in one batch
+    assert np.logical_and(mask == 1, truth).sum() / truth.sum() > 0.9
+
+
+def test_letterbox_feeds_the_aspect_ratio_unchanged() -> None:
+    backend = RedIsPerson(input_size=(64, 64))
+    segmenter = Segmenter("segformer_b0", backend=backend, resize="letterbox")
+    image, truth = _scene(50, 200)
+    assert (segmenter.predict(image) == truth).mean() > 0.97
+
+
+def test_batch_of_mixed_sizes_matches_one_at_a_time() -> None:
+    backend = RedIsPerson()
+    segmenter = Segmenter("segformer_b0", backend=backend, batch_size=2)
+    images = [_scene(*s)[0] for s in [(50, 60), (80, 40), (33, 99)]]
+    batched = segmenter.predict_batch(images)
+    assert [b[0] for b in backend.batches] == [2, 1]
+    for image, mask in zip(images, batched, strict=True):
+        assert np.array_equal(mask, segmenter.predict(image))
+
+
+def test_unknown_policy() -> None:
+    with pytest.raises(ConfigError, match="unknown resolution policy 'crop'"):
+        Segmenter("segformer_b0", backend=RedIsPerson(), resize="crop")
