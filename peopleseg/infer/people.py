@@ -51,7 +51,7 @@ def find_people(
     32x32 patch), a float from 1 up is pixels. With `proba` (person probability [H, W]) each person gets a `score`, the
     mean probability over its pixels. `connectivity` is 8 (diagonal neighbours join) or 4.
     """
-    mask = _person_pixels(person_mask, "person_mask")
+    mask = person_pixels(person_mask, "person_mask")
     height, width = mask.shape
     if not _is_real(min_area) or not 0 <= min_area < float("inf"):
         raise ConfigError(f"min_area must be pixels or a fraction of the image >= 0, got {min_area!r}")
@@ -83,7 +83,7 @@ def find_people(
 
 def occupancy(person_mask: np.ndarray) -> float:
     """The fraction of the image's pixels that are person (bool mask, or label ids with person = 1)."""
-    mask = _person_pixels(person_mask, "person_mask")
+    mask = person_pixels(person_mask, "person_mask")
     return cv2.countNonZero(mask) / mask.size
 
 
@@ -177,7 +177,7 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def _person_pixels(mask: np.ndarray, name: str) -> np.ndarray:
+def person_pixels(mask: np.ndarray, name: str) -> np.ndarray:
     """A bool or label mask as contiguous uint8 0/1 (person = True or label 1)."""
     if not isinstance(mask, np.ndarray) or mask.ndim != 2 or min(mask.shape) < 1:
         shape = f"{mask.dtype} {list(mask.shape)}" if isinstance(mask, np.ndarray) else type(mask).__name__

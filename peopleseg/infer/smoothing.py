@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 
 from peopleseg.errors import ConfigError, DataError
+from peopleseg.infer.people import person_pixels
 
 # Float rounding in resizes and blurs can push a probability a hair outside 0..1; that much is accepted.
 PROBA_SLACK = 1e-3
@@ -95,7 +96,7 @@ def flicker(masks: Iterable[np.ndarray]) -> float:
     previous: np.ndarray | None = None
     first_shape: tuple[int, ...] = ()
     for index, mask in enumerate(masks):
-        current = _person_pixels(mask, index)
+        current = person_pixels(mask, f"frame {index}")
         if previous is None:
             first_shape = current.shape
         else:
@@ -123,15 +124,3 @@ def _check_proba(proba: np.ndarray) -> np.ndarray:
     if not (low >= -PROBA_SLACK and high <= 1 + PROBA_SLACK):  # also catches NaN
         raise DataError(f"person probabilities must lie in 0..1, got values from {low:g} to {high:g}")
     return proba
-
-
-def _person_pixels(mask: np.ndarray, index: int) -> np.ndarray:
-    """Frame `index`'s mask as contiguous uint8 0/1 (person = True or label 1)."""
-    if not isinstance(mask, np.ndarray) or mask.ndim != 2 or min(mask.shape) < 1:
-        shape = f"{mask.dtype} {list(mask.shape)}" if isinstance(mask, np.ndarray) else type(mask).__name__
-        raise DataError(f"frame {index}: expected a mask of shape [H, W], got {shape}")
-    if mask.dtype == bool:
-        return np.ascontiguousarray(mask).view(np.uint8)
-    if np.issubdtype(mask.dtype, np.integer):
-        return (mask == 1).view(np.uint8)
-    raise DataError(f"frame {index}: expected a bool or label mask (person = 1), got {mask.dtype}")

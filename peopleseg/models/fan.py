@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from peopleseg.models.layers import DropPath, map_to_tokens, tokens_to_map
+from peopleseg.models.layers import DropPath, EfficientSelfAttention, map_to_tokens, tokens_to_map
 
 # TAO builds its transformer LayerNorms with eps=1e-6, except ChannelProcessing.norm_v, which keeps nn.LayerNorm's
 # default 1e-5 because FANBlock never passes its norm_layer down. Weights trained with those eps values expect them.
@@ -231,25 +231,15 @@ class PositionalEncodingFourier(nn.Module):
         return torch.stack((angles[:, 0::2].sin(), angles[:, 1::2].cos()), dim=-1).flatten(1)
 
 
-class TokenMixing(nn.Module):
-    """Plain multi-head self-attention over all tokens (TAO keeps separate `q` and fused `kv` projections)."""
+class TokenMixing(EfficientSelfAttention):
+    """Plain multi-head self-attention over all tokens: SegFormer's attention with no spatial reduction, and the
+    same `q`, fused `kv` and `proj` names that TAO uses."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool, attn_drop: float, proj_drop: float) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.attn_drop = attn_drop
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        super().__init__(dim, num_heads, sr_ratio=1, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=proj_drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, dim = x.shape
-        head_dim = dim // self.num_heads
-        q = self.q(x).reshape(batch, tokens, self.num_heads, head_dim).transpose(1, 2)
-        kv = self.kv(x).reshape(batch, tokens, 2, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(q, kv[0], kv[1], dropout_p=self.attn_drop if self.training else 0.0)
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(batch, tokens, dim)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x, 0, 0)  # the grid size only matters for spatial reduction
 
 
 class DWConv(nn.Module):
