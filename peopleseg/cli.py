@@ -7,13 +7,12 @@ import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from peopleseg.errors import PeoplesegError
 
 # Commands whose implementation lands with a later part of the roadmap: they exist, document themselves, and say so.
 _PLANNED = {
-    "train": "fine-tune a model on your own images and masks",
-    "evaluate": "mIoU per class and per content subset on a labelled folder",
     "benchmark": "speed and memory of models and backends, side by side",
     "serve": "an HTTP service with a web page",
     "autolabel": "label images or video with a teacher model, for distillation",
@@ -115,6 +114,125 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from peopleseg.config import load_config, to_dict
+    from peopleseg.engine.train_config import TrainConfig
+
+    config = load_config(TrainConfig, args.config, args.set)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
+        return 0
+    if args.config is None and not args.set:
+        raise PeoplesegError("peopleseg train: give a config file (see configs/) or --set overrides")
+    from peopleseg.engine.train import train
+
+    summary = train(config, resume=args.resume if args.resume else False, progress=not args.quiet)
+    best = f", best val mIoU {summary.best_miou:.2f}" if summary.best_miou is not None else ""
+    print(
+        f"trained {summary.steps} steps{best} -> {summary.out_dir} (weights: {summary.last_weights.name}"
+        f"{', ' + summary.best_weights.name if summary.best_weights else ''})"
+    )
+    return 0
+
+
+def _folder_dataset(args: argparse.Namespace, num_classes: int) -> object:
+    from peopleseg.data.folder import SegmentationFolder
+
+    return SegmentationFolder(
+        args.images,
+        args.masks,
+        list_file=args.list_file,
+        subsets_csv=args.subsets_csv,
+        subset_from_subfolder=args.subset_from_subfolder,
+        palette=_palette(args),
+        num_classes=num_classes,
+        binary_255=args.binary_255,
+    )
+
+
+def _palette(args: argparse.Namespace) -> object:
+    from peopleseg.data.masks import Palette
+
+    if not args.palette:
+        return None
+    import yaml
+
+    try:
+        return Palette.from_config(yaml.safe_load(Path(args.palette).read_text()))
+    except (OSError, yaml.YAMLError) as exc:
+        raise PeoplesegError(f"{args.palette}: cannot read the palette ({exc.__class__.__name__})") from None
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from peopleseg.engine.evaluate import EvalConfig, evaluate
+    from peopleseg.engine.report import markdown_table, write_reports
+    from peopleseg.infer.segmenter import Segmenter
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        segmenter = Segmenter(args.model, backend=args.backend, device=args.device, threads=args.threads)
+    if segmenter.is_random_init:
+        print("WARNING: evaluating a model with random weights.", file=sys.stderr)
+    dataset = _folder_dataset(args, len(segmenter.classes))
+    config = EvalConfig(protocol=args.protocol, batch_size=args.batch, max_images=args.max_images, worst=args.worst)
+    result = evaluate(segmenter, dataset, config, progress=not args.quiet)
+    print(markdown_table(result))
+    if args.out:
+        written = write_reports(result, args.out, dataset=dataset)
+        pages = [p.name for p in written if p.suffix != ".png"]
+        print(f"reports in {args.out}: {', '.join(pages)}")
+    return 0
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from peopleseg.data.check import check_dataset
+
+    # Folders, not a dataset object: building a dataset stops at the first missing mask, a check reports them all.
+    report = check_dataset(
+        (args.images, args.masks),
+        args.num_classes,
+        palette=_palette(args),
+        binary_255=args.binary_255,
+        subset_from_subfolder=args.subset_from_subfolder,
+        subsets_csv=args.subsets_csv,
+        progress=not args.quiet,
+    )
+    print(report.summary())
+    for problem in report.problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _cmd_data_pack(args: argparse.Namespace) -> int:
+    from peopleseg.data.shards import pack_shards
+
+    shards = pack_shards(
+        _folder_dataset(args, args.num_classes),
+        args.output,
+        prefix=args.prefix,
+        max_samples_per_shard=args.shard_size,
+        progress=not args.quiet,
+    )
+    print(f"{len(shards)} shard(s) -> {args.output}")
+    return 0
+
+
+def _add_folder_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    parser.add_argument("--masks", required=True, help="folder of PNG masks with the images' relative names")
+    parser.add_argument("--list-file", help="text file of image names that make up the split")
+    parser.add_argument(
+        "--subset-from-subfolder",
+        action="store_true",
+        help="tag each image with its first sub-folder (images/5ft/a.jpg is in subset 5ft)",
+    )
+    parser.add_argument("--subsets-csv", help="CSV with image,subset columns")
+    parser.add_argument("--palette", help="YAML list of {seg_class, label_id, rgb} for colour masks (as TAO)")
+    parser.add_argument("--binary-255", action="store_true", help="masks are 0/255 (255 = person), not label ids")
+
+
 def _planned(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         raise PeoplesegError(f"peopleseg {name}: not available in this version yet ({_PLANNED[name]})")
@@ -180,6 +298,66 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     export.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
     export.set_defaults(run=_cmd_export)
+
+    trainer = commands.add_parser(
+        "train",
+        help="fine-tune a model on your own images and masks",
+        description="Train with a YAML config (see configs/). Any key can be overridden: --set optim.lr=1e-4. "
+        "Multi-GPU and multi-node runs use the same command under torchrun or SLURM.",
+    )
+    trainer.add_argument("config", nargs="?", help="YAML config file")
+    trainer.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    trainer.add_argument(
+        "--resume",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CKPT",
+        help="continue <out_dir>/checkpoints/last.ckpt, or the given checkpoint",
+    )
+    trainer.add_argument("--print-config", action="store_true", help="print the full config and exit")
+    trainer.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    trainer.set_defaults(run=_cmd_train)
+
+    evaluator = commands.add_parser(
+        "evaluate",
+        help="mIoU per class and per content subset on a labelled folder",
+        description="Score a model (weights, name or .onnx) against masks: mIoU, per-class IoU, pixel accuracy, "
+        "per-subset rows, and optionally a gallery of the worst images.",
+    )
+    evaluator.add_argument("model", help="'default', a model name, a weights path or an .onnx file")
+    _add_folder_arguments(evaluator)
+    evaluator.add_argument(
+        "--protocol",
+        default="resize",
+        choices=("resize", "letterbox", "whole", "sliding"),
+        help="resize to the network input (the model card's, default), whole image, or windows",
+    )
+    evaluator.add_argument("--out", help="write metrics.json, metrics.md and (with --worst) worst.html here")
+    evaluator.add_argument("--worst", type=int, default=0, help="keep the N worst images for the gallery")
+    evaluator.add_argument("--batch", type=_positive_int, default=4)
+    evaluator.add_argument("--max-images", type=_positive_int, default=None)
+    evaluator.add_argument("--backend", default="auto")
+    evaluator.add_argument("--device", default="cpu")
+    evaluator.add_argument("--threads", type=_positive_int, default=None)
+    evaluator.add_argument("-q", "--quiet", action="store_true")
+    evaluator.set_defaults(run=_cmd_evaluate)
+
+    data = commands.add_parser("data", help="check a dataset, or pack it into WebDataset shards")
+    data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    check = data_commands.add_parser("check", help="find unreadable images, missing or wrong masks, bad labels")
+    _add_folder_arguments(check)
+    check.add_argument("--num-classes", type=_positive_int, default=2)
+    check.add_argument("-q", "--quiet", action="store_true")
+    check.set_defaults(run=_cmd_data_check)
+    pack = data_commands.add_parser("pack", help="write a folder dataset as WebDataset tar shards")
+    _add_folder_arguments(pack)
+    pack.add_argument("-o", "--output", required=True, help="folder for the shards")
+    pack.add_argument("--prefix", default="shard")
+    pack.add_argument("--shard-size", type=_positive_int, default=1000, help="samples per shard")
+    pack.add_argument("--num-classes", type=_positive_int, default=2)
+    pack.add_argument("-q", "--quiet", action="store_true")
+    pack.set_defaults(run=_cmd_data_pack)
 
     for name, about in _PLANNED.items():
         planned = commands.add_parser(name, help=f"{about} (not available yet)", description=about)

@@ -1,1 +1,1 @@
-"""Reading images and masks; datasets arrive with the training issue."""
+"""Data: reading images and masks, folder/COCO/WebDataset datasets, augmentation and dataset checks."""

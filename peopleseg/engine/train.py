@@ -1,0 +1,397 @@
+"""`peopleseg train`: Lightning from one CPU to many GPUs and nodes, with atomic checkpoints and exact resume.
+
+The same command runs everywhere: `devices`/`num_nodes`/`strategy` go to Lightning, which reads torchrun's and
+SLURM's environment for multi-node jobs. BatchNorm becomes SyncBatchNorm only when more than one process trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+
+from peopleseg.atomic import atomic_path
+from peopleseg.config import save_config
+from peopleseg.engine.module import ResumePosition, SegFormerModule
+from peopleseg.engine.train_config import SplitSection, TrainConfig
+from peopleseg.errors import ConfigError, DataError
+from peopleseg.models.info import ModelInfo
+from peopleseg.models.registry import build_model
+from peopleseg.models.segformer import SegFormer
+from peopleseg.models.weights import load_model_with_report, save_model
+
+
+@dataclass
+class TrainSummary:
+    out_dir: Path
+    steps: int
+    best_miou: float | None
+    last_weights: Path
+    best_weights: Path | None
+
+
+# --- model --------------------------------------------------------------------------------------------------------
+
+
+def build_training_model(config: TrainConfig) -> SegFormer:
+    section = config.model
+    options: dict[str, Any] = {}
+    if section.drop_path_rate is not None:
+        options["drop_path_rate"] = section.drop_path_rate
+    if section.init in ("random", "default"):
+        if section.init == "default":
+            from peopleseg.assets import default_weights_path
+
+            weights = default_weights_path()
+            if weights is None:
+                raise ConfigError("model.init: 'default' asks for the bundled model, but this version bundles none")
+            return _from_weights(str(weights), config)
+        info = _info_for(section.arch, config, ModelInfo(arch=section.arch))
+        return build_model(section.arch, info=info, **options)
+    return _from_weights(section.init, config)
+
+
+def _from_weights(path: str, config: TrainConfig) -> SegFormer:
+    section = config.model
+    model, _ = load_model_with_report(path, backbone_only=section.backbone_only, strict=not section.backbone_only)
+    if model.info.arch != section.arch:
+        raise ConfigError(f"model.init: {path} holds a {model.info.arch}, but model.arch is {section.arch}")
+    info = _info_for(section.arch, config, model.info)
+    if info.num_classes != model.info.num_classes or section.backbone_only:
+        # A new class set (or a fresh head): keep the encoder, build the head anew.
+        fresh = build_model(section.arch, info=info, **model.info.arch_options)
+        fresh.backbone.load_state_dict(model.backbone.state_dict())
+        return fresh
+    model.info = info
+    return model
+
+
+def _info_for(arch: str, config: TrainConfig, base: ModelInfo) -> ModelInfo:
+    section = config.model
+    info = dataclasses.replace(base, arch=arch, classes=list(section.classes), input_size=tuple(section.input_size))
+    if section.mean is not None:
+        info.mean = tuple(section.mean)  # type: ignore[assignment]
+    if section.std is not None:
+        info.std = tuple(section.std)  # type: ignore[assignment]
+    return ModelInfo.from_dict(info.to_dict(), source="model config")
+
+
+# --- data ---------------------------------------------------------------------------------------------------------
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded shuffle per epoch, split across ranks (padded by wrapping, fine for training), that can skip the
+    samples a resumed run has already trained on in this epoch. It yields draw ids `epoch * size + index`, which
+    `SeededDraws` turns back into the index and a per-draw augmentation seed."""
+
+    def __init__(self, size: int, seed: int, batch_size: int, resume: ResumePosition, shuffle: bool = True) -> None:
+        self.size, self.seed, self.batch_size, self.resume, self.shuffle = size, seed, batch_size, resume, shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rank(self) -> tuple[int, int]:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self._rank()[1])
+
+    def __iter__(self) -> Iterator[int]:
+        rank, world = self._rank()
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=generator).tolist() if self.shuffle else list(range(self.size))
+        per_rank = len(self)
+        order = (order * (per_rank * world // max(len(order), 1) + 1))[: per_rank * world]
+        mine = [self.epoch * self.size + index for index in order[rank::world]]
+        skip = self.resume.skip_batches * self.batch_size
+        self.resume.skip_batches = 0  # only the first epoch after a resume is shortened
+        return iter(mine[skip:])
+
+
+class SeededDraws(Dataset):
+    """Map-style training data whose augmentation randomness is a function of (seed, draw id) alone: the same
+    epoch and index give the same crop and flip in any worker and after any resume."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, draw: int) -> Any:
+        transform = getattr(self.dataset, "transform", None)
+        if hasattr(transform, "seed_sample"):
+            transform.seed_sample((self.seed, draw))  # type: ignore[union-attr]
+        return self.dataset[draw % len(self)]
+
+
+class ShardSampler(Sampler[int]):
+    """Validation indices split across ranks without padding, so no image is counted twice (the metrics' sums
+    across ranks then cover each image exactly once; DistributedSampler would pad with duplicates)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def _indices(self) -> range:
+        from peopleseg.engine.evaluate import shard_indices
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return shard_indices(self.size, torch.distributed.get_rank(), torch.distributed.get_world_size())
+        return range(self.size)
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._indices())
+
+
+def make_dataset(split: SplitSection, config: TrainConfig, transform: Any, train: bool) -> Dataset:
+    from peopleseg.data.folder import SegmentationFolder
+    from peopleseg.data.masks import Palette
+
+    data = config.data
+    if split.shards:
+        from peopleseg.data.shards import ShardDataset
+
+        return ShardDataset(
+            split.shards,
+            shuffle_buffer=data.shuffle_buffer if train else 0,
+            transform=transform,
+            seed=config.train.seed,
+            resampled=train,
+        )
+    if not split.images:
+        raise ConfigError(f"data.{'train' if train else 'val'}: give 'images' (and 'masks') or 'shards'")
+    return SegmentationFolder(
+        split.images,
+        split.masks,
+        list_file=split.list_file,
+        subsets_csv=split.subsets_csv,
+        subset_from_subfolder=split.subset_from_subfolder,
+        palette=Palette.from_config(data.palette) if data.palette else None,
+        num_classes=len(config.model.classes),
+        binary_255=data.binary_255,
+        transform=transform,
+        skip_bad=data.skip_bad,
+    )
+
+
+def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "image": torch.stack([torch.as_tensor(s["image"]) for s in samples]),
+        "mask": torch.stack([torch.as_tensor(s["mask"]).long() for s in samples]),
+        "path": [s["path"] for s in samples],
+        "subset": [s["subset"] for s in samples],
+    }
+
+
+def make_loaders(config: TrainConfig, info: ModelInfo, resume: ResumePosition) -> tuple[DataLoader, DataLoader | None]:
+    from peopleseg.data.transforms import AugmentConfig, eval_transform, train_transform
+
+    augment = AugmentConfig(**dataclasses.asdict(config.data.augment))
+    train_set = make_dataset(config.data.train, config, train_transform(augment, info.mean, info.std), train=True)
+    workers = config.data.workers
+    common = {"num_workers": workers, "collate_fn": _collate, "persistent_workers": workers > 0, "pin_memory": False}
+    if isinstance(train_set, IterableDataset):
+        train_loader = DataLoader(train_set, batch_size=config.train.batch_size, **common)
+    else:
+        if len(train_set) < config.train.batch_size:  # type: ignore[arg-type]
+            raise DataError(f"data.train: {len(train_set)} images, fewer than one batch of {config.train.batch_size}")  # type: ignore[arg-type]
+        sampler = EpochSampler(len(train_set), config.train.seed, config.train.batch_size, resume)  # type: ignore[arg-type]
+        train_loader = DataLoader(
+            SeededDraws(train_set, config.train.seed),
+            batch_size=config.train.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            **common,
+        )
+    val_loader = None
+    if config.data.val is not None:
+        val_set = make_dataset(config.data.val, config, eval_transform(info.input_size, info.mean, info.std), False)
+        sampler = None if isinstance(val_set, IterableDataset) else ShardSampler(len(val_set))  # type: ignore[arg-type]
+        val_loader = DataLoader(val_set, batch_size=config.train.batch_size, sampler=sampler, **common)
+    return train_loader, val_loader
+
+
+# --- trainer ------------------------------------------------------------------------------------------------------
+
+
+def _precision(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def _checkpoint_io() -> Any:
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class AtomicCheckpointIO(TorchCheckpointIO):
+        """torch.save into a temp file beside the target, then rename: a kill never leaves half a checkpoint."""
+
+        def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+            with atomic_path(path) as temp:
+                torch.save(checkpoint, temp)
+
+    return AtomicCheckpointIO()
+
+
+def _weights_callback(out_dir: Path) -> Any:
+    import lightning.pytorch as pl
+
+    class ExportWeights(pl.Callback):
+        """Keep `best.safetensors` and `last.safetensors` (our format, ready for `peopleseg infer -m`) up to date."""
+
+        def __init__(self) -> None:
+            self.best: float | None = None
+
+        def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            if trainer.sanity_checking or not trainer.is_global_zero:
+                return
+            score = trainer.callback_metrics.get("val/miou")
+            if score is not None and (self.best is None or float(score) > self.best):
+                self.best = float(score)
+                save_model(module.model, out_dir / "best.safetensors")
+
+        def on_train_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            if trainer.is_global_zero:
+                save_model(module.model, out_dir / "last.safetensors")
+
+        def state_dict(self) -> dict[str, Any]:
+            return {"best": self.best}
+
+        def load_state_dict(self, state: dict[str, Any]) -> None:
+            self.best = state.get("best")
+
+    return ExportWeights()
+
+
+def train(config: TrainConfig, resume: bool | str = False, progress: bool = True) -> TrainSummary:
+    """Train with `config`. `resume=True` continues `<out_dir>/checkpoints/last.ckpt`; a path resumes that file."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    _quiet_lightning()
+    out_dir = Path(config.train.out_dir)
+    checkpoint_dir = out_dir / "checkpoints"
+    ckpt_path = None
+    if resume:
+        ckpt_path = Path(resume) if isinstance(resume, str) else checkpoint_dir / "last.ckpt"
+        if not ckpt_path.is_file():
+            raise ConfigError(f"--resume: no checkpoint at {ckpt_path}")
+    pl.seed_everything(config.train.seed, workers=True, verbose=False)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, out_dir / "config.yaml")
+
+    model = build_training_model(config)
+    resume_position = ResumePosition()
+    module = SegFormerModule(config, model, resume_position)
+    train_loader, val_loader = make_loaders(config, model.info, resume_position)
+
+    callbacks: list[Any] = [
+        ModelCheckpoint(
+            dirpath=checkpoint_dir,
+            filename="step{step}",
+            every_n_train_steps=config.train.checkpoint_every,
+            save_top_k=0,
+            save_last=True,
+            auto_insert_metric_name=False,
+        ),
+        LearningRateMonitor(logging_interval="step"),
+        _weights_callback(out_dir),
+    ]
+    if val_loader is not None:
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=checkpoint_dir,
+                filename="best",
+                monitor="val/miou",
+                mode="max",
+                save_top_k=1,
+                auto_insert_metric_name=False,
+                enable_version_counter=False,
+            )
+        )
+    if progress:
+        callbacks.append(RichProgressBar())
+    distributed = _world_size(config) > 1
+    trainer = pl.Trainer(
+        default_root_dir=out_dir,
+        max_steps=config.train.max_steps,
+        max_epochs=-1,
+        accelerator=config.train.accelerator,
+        devices=config.train.devices,
+        num_nodes=config.train.num_nodes,
+        strategy=config.train.strategy,
+        precision=_precision(config.train.precision),  # type: ignore[arg-type]
+        accumulate_grad_batches=config.train.accumulate,
+        gradient_clip_val=config.optim.grad_clip,
+        val_check_interval=_val_interval(config, train_loader),
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=config.train.log_every,
+        sync_batchnorm=config.train.sync_bn and distributed,
+        use_distributed_sampler=False,  # our sampler splits by rank and resumes mid-epoch
+        deterministic=config.train.deterministic,
+        # One numbered folder per attempt (logs/version_0, version_1 after a resume …): nothing is overwritten.
+        logger=[CSVLogger(out_dir, name="logs"), TensorBoardLogger(out_dir, name="tensorboard")],
+        callbacks=callbacks,
+        plugins=[_checkpoint_io()],
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+    )
+    trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    best = next((c.best_model_score for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
+    best_weights = out_dir / "best.safetensors"
+    return TrainSummary(
+        out_dir=out_dir,
+        steps=trainer.global_step,
+        best_miou=float(best) if best is not None else None,
+        last_weights=out_dir / "last.safetensors",
+        best_weights=best_weights if best_weights.exists() else None,
+    )
+
+
+def _quiet_lightning() -> None:
+    """Keep Lightning's start-up chatter (accelerator lines, logger tips) and warnings we handle ourselves out of
+    the user's terminal; real problems still come through as warnings and errors."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # Our sampler resumes mid-epoch itself (it skips the batches already trained on).
+    warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
+    warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty")
+
+
+def _val_interval(config: TrainConfig, loader: DataLoader) -> int:
+    """Validate every `val_every` training batches; Lightning refuses an interval longer than a sized epoch."""
+    try:
+        return min(config.train.val_every, len(loader))
+    except TypeError:  # a streamed (shard) dataset has no length
+        return config.train.val_every
+
+
+def _world_size(config: TrainConfig) -> int:
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    devices = config.train.devices
+    count = devices if isinstance(devices, int) else len(devices) if isinstance(devices, list) else 1
+    if devices == "auto" and torch.cuda.is_available():
+        count = torch.cuda.device_count()
+    return max(count, 1) * config.train.num_nodes
