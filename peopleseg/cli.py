@@ -118,7 +118,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from peopleseg.config import load_config, to_dict
     from peopleseg.engine.train_config import TrainConfig
 
-    config = load_config(TrainConfig, args.config, args.set)
+    shortcuts = [f"model.init={args.init}"] if args.init else []
+    shortcuts += ["data.skip_bad=true"] if args.skip_bad else []
+    config = load_config(TrainConfig, args.config, [*args.set, *shortcuts])
     if args.print_config:
         import yaml
 
@@ -314,6 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         metavar="CKPT",
         help="continue <out_dir>/checkpoints/last.ckpt, or the given checkpoint",
+    )
+    trainer.add_argument(
+        "--init",
+        metavar="WEIGHTS",
+        help="start from these weights: 'default' (the bundled model) or a path (model.init)",
+    )
+    trainer.add_argument(
+        "--skip-bad", action="store_true", help="skip and count unreadable samples instead of stopping (data.skip_bad)"
     )
     trainer.add_argument("--print-config", action="store_true", help="print the full config and exit")
     trainer.add_argument("-q", "--quiet", action="store_true", help="no progress bar")

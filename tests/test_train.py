@@ -131,3 +131,39 @@ def test_cli_errors_and_print_config(tmp_path, capsys) -> None:
     assert "no checkpoint" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"data\.train: give 'images'"):
         train(load_config(TrainConfig, None, [f"train.out_dir={tmp_path}"]), progress=False)
+
+
+def test_train_on_coco_annotations(people, tmp_path) -> None:
+    # Person polygons in COCO format: the same pipeline, rasterised on the fly.
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    images = sorted((people / "images/train").glob("*.jpg"))[:8]
+    records, annotations = [], []
+    for index, path in enumerate(images):
+        mask = np.array(Image.open(people / "masks/train" / f"{path.stem}.png"))
+        ys, xs = np.nonzero(mask)
+        x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+        records.append({"id": index, "file_name": path.name, "width": mask.shape[1], "height": mask.shape[0]})
+        polygon = [x0, y0, x1, y0, x1, y1, x0, y1]
+        annotations.append(
+            {
+                "id": index,
+                "image_id": index,
+                "category_id": 1,
+                "iscrowd": 0,
+                "segmentation": [polygon],
+                "area": float((x1 - x0) * (y1 - y0)),
+                "bbox": [x0, y0, x1 - x0, y1 - y0],
+            }
+        )
+    coco = tmp_path / "instances.json"
+    coco.write_text(
+        json.dumps({"images": records, "annotations": annotations, "categories": [{"id": 1, "name": "person"}]})
+    )
+    items = overrides(people, tmp_path / "coco_run", 4, **{"data.val": "null"})
+    items += [f"data.train.coco={coco}", "data.train.masks=null"]
+    summary = train(load_config(TrainConfig, None, items), progress=False)
+    assert summary.steps == 4 and summary.last_weights.exists()

@@ -172,7 +172,13 @@ def make_dataset(split: SplitSection, config: TrainConfig, transform: Any, train
             resampled=train,
         )
     if not split.images:
-        raise ConfigError(f"data.{'train' if train else 'val'}: give 'images' (and 'masks') or 'shards'")
+        raise ConfigError(f"data.{'train' if train else 'val'}: give 'images' (and 'masks' or 'coco') or 'shards'")
+    if split.coco:
+        from peopleseg.data.coco import CocoPersonDataset
+
+        if config.model.classes != ["background", "person"]:
+            raise ConfigError("data: COCO annotations give background/person masks; set model.classes to those")
+        return CocoPersonDataset(split.coco, split.images, transform=transform)
     return SegmentationFolder(
         split.images,
         split.masks,

@@ -23,10 +23,12 @@ class ModelSection:
 
 @dataclass
 class SplitSection:
-    """One split: a folder pair (images + masks) or WebDataset shards (`shards: "data/shard-{000000..000009}.tar"`)."""
+    """One split: a folder pair (images + masks), COCO annotations (`coco` JSON + `images`), or WebDataset shards
+    (`shards: "data/shard-{000000..000009}.tar"`)."""
 
     images: str | None = None
     masks: str | None = None
+    coco: str | None = None
     list_file: str | None = None
     subsets_csv: str | None = None
     subset_from_subfolder: bool = False
