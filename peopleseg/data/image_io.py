@@ -25,16 +25,22 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise DataError(f"{path}: no such file")
     if path.is_dir():
         raise DataError(f"{path}: is a folder, not an image")
+    return pil_to_rgb(decode_file(path))
+
+
+def decode_file(path: Path, what: str = "image") -> Image.Image:
+    """Open and fully decode an image file (images and masks alike), with one-line errors that name it."""
     try:
-        with Image.open(path) as image:
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise DataError(f"{path}: {image.width}x{image.height} is too many pixels")
-            image.load()
-            return pil_to_rgb(image)
+        image = Image.open(path)
+        if image.width * image.height > MAX_IMAGE_PIXELS:
+            image.close()
+            raise DataError(f"{path}: {image.width}x{image.height} is too many pixels")
+        image.load()  # decodes now (errors surface here) and closes the file of a single-frame image
+        return image
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image, or a format Pillow cannot read") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: corrupt or truncated image ({exc})") from None
+        raise DataError(f"{path}: corrupt or truncated {what} ({exc})") from None
 
 
 def pil_to_rgb(image: Image.Image) -> np.ndarray:

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
-from peopleseg.data.image_io import MAX_IMAGE_PIXELS
+from peopleseg.data.image_io import decode_file
 from peopleseg.errors import ConfigError, DataError
 
 IGNORE_INDEX = 255
@@ -115,20 +115,11 @@ def load_mask_labels(
         raise ConfigError(BINARY_WITH_PALETTE)
     if not path.is_file():
         raise DataError(f"{path}: no such mask file")
-    try:
-        with Image.open(path) as image:
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise DataError(f"{path}: {image.width}x{image.height} is too many pixels")
-            image.load()
-            image = ImageOps.exif_transpose(image)  # the image is read upright, so its mask must be too
-            if palette is not None:
-                labels = palette.to_labels(np.asarray(image.convert("RGB")), path)
-            else:
-                labels = _single_channel(image, path)
-    except UnidentifiedImageError:
-        raise DataError(f"{path}: not an image, or a format Pillow cannot read") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: corrupt or truncated mask ({exc})") from None
+    image = ImageOps.exif_transpose(decode_file(path, "mask"))  # the image is read upright, so its mask must be too
+    if palette is not None:
+        labels = palette.to_labels(np.asarray(image.convert("RGB")), path)
+    else:
+        labels = _single_channel(image, path)
     if binary_255:
         values = np.unique(labels)
         if not set(values.tolist()) <= {0, 255}:
