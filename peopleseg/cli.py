@@ -105,12 +105,15 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from peopleseg.export.onnx_export import export_onnx
+    from peopleseg.export.run import options_from_args, parity_table, run_export
     from peopleseg.models.weights import load_model
 
-    model = load_model(args.model)
-    result = export_onnx(model, args.output, batch=args.batch, opset=args.opset, check=not args.no_check)
-    print(f"wrote {result.path} (opset {args.opset}); max |logit diff| vs torch {result.max_abs_diff:.2e}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = load_model(args.model)
+    summary = run_export(model, options_from_args(args))
+    print(parity_table(summary))
+    print("wrote: " + ", ".join(str(p) for p in summary.files))
     return 0
 
 
@@ -293,12 +296,55 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     infer.set_defaults(run=_cmd_infer)
 
-    export = commands.add_parser("export", help="export a model to ONNX")
+    export = commands.add_parser(
+        "export",
+        help="export to ONNX (fp32, INT8, FP16), TensorRT, DeepStream and Triton",
+        description="Export a model to ONNX in the TAO/DeepStream layout (input 'input', output 'output'), check it "
+        "against PyTorch, and optionally quantise it and write deployment files.",
+    )
     export.add_argument("model", help="a model name or a weights path")
-    export.add_argument("-o", "--output", required=True, help="the .onnx file to write")
-    export.add_argument("--batch", type=int, default=1, help="batch size of the traced example (the axis is dynamic)")
+    export.add_argument("-o", "--output", required=True, help="the fp32 .onnx file; variants go beside it")
+    export.add_argument(
+        "--output-kind",
+        default="logits",
+        choices=("logits", "argmax", "probs"),
+        help="logits [N,C,H/4,W/4] (default), argmax int64 [N,1,H,W] as NVIDIA's deployable, or probs",
+    )
     export.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    export.add_argument("--batch", type=_positive_int, default=1, help="batch of the traced example (axis is dynamic)")
+    export.add_argument("--dynamic-hw", action="store_true", help="make height and width dynamic too")
+    export.add_argument(
+        "--normalize-in-graph",
+        action="store_true",
+        help="the graph takes 0-255 RGB and normalises itself (default: normalise outside, as TAO)",
+    )
+    export.add_argument(
+        "--input-size",
+        type=_positive_multiple_of_32,
+        nargs=2,
+        metavar=("H", "W"),
+        help="network input size to export at (default: the model's)",
+    )
+    export.add_argument("--no-slim", action="store_true", help="skip the onnxslim graph simplification")
     export.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+    export.add_argument("--int8", action="store_true", help="also write <name>.int8.onnx (static QDQ quantisation)")
+    export.add_argument("--calib", help="folder of real images for INT8 calibration")
+    export.add_argument("--calib-count", type=_positive_int, default=64, help="calibration images to use")
+    export.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"))
+    export.add_argument("--no-per-channel", action="store_true", help="per-tensor instead of per-channel weights")
+    export.add_argument(
+        "--quantize-all",
+        action="store_true",
+        help="quantise softmax, layer norms, the first patch embed and the classifier too",
+    )
+    export.add_argument("--fp16", action="store_true", help="also write <name>.fp16.onnx (float32 inputs/outputs)")
+    export.add_argument("--val-images", help="labelled images: report each variant's mIoU and its drop")
+    export.add_argument("--val-masks", help="masks for --val-images")
+    export.add_argument("--tensorrt", metavar="ENGINE", help="build a TensorRT engine (needs tensorrt and a GPU)")
+    export.add_argument("--max-batch", type=_positive_int, default=32, help="largest batch for TensorRT/Triton")
+    export.add_argument("--deepstream", metavar="DIR", help="write DeepStream nvinfer config, labels and README")
+    export.add_argument("--triton", metavar="DIR", help="write a Triton model repository")
+    export.add_argument("--triton-name", default="peopleseg", help="model name in the Triton repository")
     export.set_defaults(run=_cmd_export)
 
     trainer = commands.add_parser(

@@ -300,6 +300,8 @@ def train(config: TrainConfig, resume: bool | str = False, progress: bool = True
             raise ConfigError(f"--resume: no checkpoint at {ckpt_path}")
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*checkpoint_dir.glob(".*.tmp"), *out_dir.glob(".*.tmp")]:
+        stale.unlink(missing_ok=True)  # a save cut short by a kill: its target was never replaced
     save_config(config, out_dir / "config.yaml")
 
     model = build_training_model(config)

@@ -1,5 +1,12 @@
-"""Export a SegFormer to ONNX: input `input` float32 [N, 3, H, W] (normalised outside the graph, as TAO does),
-output `output` logits [N, C, H/4, W/4], dynamic batch, the model's metadata in the file.
+"""Export a SegFormer to ONNX in the TAO/DeepStream layout, checked against eager PyTorch on every export.
+
+- input `input`: float32 [N, 3, H, W], normalised outside the graph (as TAO does) unless `normalize_in_graph`,
+  when it takes RGB on the 0-255 scale;
+- output `output`, by `output_kind`: `argmax` int64 class ids [N, 1, H, W] (like NVIDIA's deployable
+  PeopleSemSegFormer), `logits` [N, C, H/4, W/4] (DeepStream's NvDsInferParseCustomSegformerTAO2 parser) or
+  `probs` float [N, C, H, W] (upsampled softmax);
+- a dynamic batch axis (and optionally dynamic H and W); the model's `ModelInfo`, the output kind and the
+  normalisation in the ONNX metadata; `onnx.checker`, then onnxslim (when installed) for a lean graph.
 """
 
 from __future__ import annotations
@@ -11,56 +18,141 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from peopleseg.atomic import atomic_path
-from peopleseg.errors import ModelError
+from peopleseg.errors import ConfigError, ModelError
 from peopleseg.models.segformer import SegFormer
+
+OUTPUT_KINDS = ("argmax", "logits", "probs")
+SUPPORTED_OPSETS = range(13, 21)
 
 
 @dataclass
 class OnnxExportResult:
     path: Path
-    max_abs_diff: float  # onnxruntime against eager torch on a random batch; NaN when not checked
-    argmax_agreement: float  # fraction of equal argmax pixels; NaN when not checked
+    output_kind: str
+    max_abs_diff: float  # onnxruntime against eager torch; NaN when not checked
+    argmax_agreement: float  # fraction of equal class ids; NaN when not checked
+    slimmed: bool = False
+
+
+class ExportWrapper(nn.Module):
+    """The graph that gets exported: optional normalisation, the SegFormer, then the requested output."""
+
+    def __init__(self, model: SegFormer, output_kind: str = "logits", normalize_in_graph: bool = False) -> None:
+        super().__init__()
+        if output_kind not in OUTPUT_KINDS:
+            raise ConfigError(f"unknown output kind '{output_kind}'; choose from {', '.join(OUTPUT_KINDS)}")
+        self.model, self.output_kind, self.normalize_in_graph = model, output_kind, normalize_in_graph
+        self.register_buffer("mean", torch.tensor(model.info.mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(model.info.std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        if self.normalize_in_graph:
+            pixels = (pixels - self.mean) / self.std
+        logits = self.model(pixels)
+        if self.output_kind == "logits":
+            return logits
+        scores = F.interpolate(logits, size=pixels.shape[2:], mode="bilinear", align_corners=False)
+        if self.output_kind == "probs":
+            return scores.softmax(dim=1)
+        return scores.argmax(dim=1, keepdim=True)
 
 
 def export_onnx(
-    model: SegFormer, path: str | Path, batch: int = 1, opset: int = 17, check: bool = True, check_batch: int = 2
+    model: SegFormer,
+    path: str | Path,
+    batch: int = 1,
+    opset: int = 17,
+    check: bool = True,
+    check_batch: int = 2,
+    output_kind: str = "logits",
+    normalize_in_graph: bool = False,
+    dynamic_hw: bool = False,
+    slim: bool = True,
 ) -> OnnxExportResult:
     """Write `path` atomically; with `check`, compare onnxruntime against torch on a random batch of `check_batch`."""
     try:
         import onnx
     except ImportError:
         raise ModelError("ONNX export needs the export extra: pip install 'peopleseg[export]'") from None
+    if opset not in SUPPORTED_OPSETS:
+        raise ConfigError(f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}")
     path = Path(path)
-    model = model.eval().cpu()
+    wrapper = ExportWrapper(model.eval().cpu(), output_kind, normalize_in_graph).eval()
     height, width = model.info.input_size
-    example = torch.randn(batch, 3, height, width)
-    with atomic_path(path) as temp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice is not the user's concern
-        # The TorchScript-based exporter writes opset 17 directly, which TensorRT and DeepStream take as is.
-        torch.onnx.export(
-            model,
-            (example,),
-            str(temp),
-            input_names=["input"],
-            output_names=["output"],
-            opset_version=opset,
-            dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}},
-            dynamo=False,
-        )
-        graph = onnx.load(str(temp))
-        for key, value in _metadata(model).items():
-            graph.metadata_props.add(key=key, value=value)
-        onnx.checker.check_model(graph)
-        onnx.save(graph, str(temp))
+    example = _example(batch, height, width, normalize_in_graph)
+    axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}
+    slimmed = False
+    try:
+        with atomic_path(path) as temp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice is not the user's concern
+            # The TorchScript-based exporter writes opset 13-20 directly, which TensorRT and DeepStream take as is.
+            torch.onnx.export(
+                wrapper,
+                (example,),
+                str(temp),
+                input_names=["input"],
+                output_names=["output"],
+                opset_version=opset,
+                dynamic_axes={"input": axes, "output": axes},
+                dynamo=False,
+            )
+            graph = onnx.load(str(temp))
+            _fix_output_dims(graph, wrapper, example, dynamic_hw)
+            onnx.checker.check_model(graph)
+            if slim:
+                graph, slimmed = _slim(graph)
+            del graph.metadata_props[:]
+            for key, value in _metadata(model, output_kind, normalize_in_graph).items():
+                graph.metadata_props.add(key=key, value=value)
+            onnx.save(graph, str(temp))
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot write the ONNX file ({exc.strerror or exc})") from None
     diff = agreement = float("nan")
     if check:
         diff, agreement = check_onnx_parity(model, path, batch=check_batch)
-    return OnnxExportResult(path, diff, agreement)
+    return OnnxExportResult(path, output_kind, diff, agreement, slimmed)
 
 
-def _metadata(model: SegFormer) -> dict[str, str]:
+def _fix_output_dims(graph: object, wrapper: ExportWrapper, example: torch.Tensor, dynamic_hw: bool) -> None:
+    """The TorchScript exporter leaves the output's non-batch dims symbolic; TensorRT, DeepStream and Triton want
+    them fixed (all but the batch, and H and W when those are dynamic)."""
+    with torch.no_grad():
+        shape = wrapper(example).shape
+    dims = graph.graph.output[0].type.tensor_type.shape.dim  # type: ignore[attr-defined]
+    for index, size in enumerate(shape):
+        if index == 0 or (dynamic_hw and index >= 2):
+            continue
+        dims[index].Clear()
+        dims[index].dim_value = int(size)
+
+
+def _example(batch: int, height: int, width: int, normalize_in_graph: bool, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    if normalize_in_graph:  # the graph takes RGB on the 0-255 scale
+        return torch.rand(batch, 3, height, width, generator=generator) * 255
+    return torch.randn(batch, 3, height, width, generator=generator)
+
+
+def _slim(graph: object) -> tuple[object, bool]:
+    """onnxslim folds constants and removes redundant nodes with standard ONNX ops only (TensorRT-friendly)."""
+    try:
+        import onnxslim
+    except ImportError:
+        return graph, False
+    try:
+        return onnxslim.slim(graph), True
+    except Exception as exc:  # a slimmer failure must not cost the user the export
+        warnings.warn(
+            f"onnxslim could not simplify the graph ({exc.__class__.__name__}); keeping it as exported", stacklevel=3
+        )
+        return graph, False
+
+
+def _metadata(model: SegFormer, output_kind: str, normalize_in_graph: bool) -> dict[str, str]:
     info = model.info
     return {
         "peopleseg": json.dumps(info.to_dict(), sort_keys=True),
@@ -69,22 +161,47 @@ def _metadata(model: SegFormer) -> dict[str, str]:
         "mean": json.dumps(list(info.mean)),
         "std": json.dumps(list(info.std)),
         "input_size": json.dumps(list(info.input_size)),
-        "output_kind": "logits",
+        "output_kind": output_kind,
+        "normalized_in_graph": "true" if normalize_in_graph else "false",
+        "precision": "fp32",
     }
 
 
+def read_metadata(path: str | Path) -> dict[str, str]:
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends for a bad file
+        raise ModelError(f"{path}: not a readable ONNX file ({exc.__class__.__name__})") from None
+    return {p.key: p.value for p in graph.metadata_props}
+
+
 def check_onnx_parity(model: SegFormer, path: str | Path, batch: int = 2, seed: int = 0) -> tuple[float, float]:
-    """Run the ONNX file in onnxruntime and eager torch on the same random batch: (max |diff|, argmax agreement)."""
+    """Run the ONNX file in onnxruntime and the same graph in eager torch on one random batch.
+
+    Returns (max |difference| of the outputs — logits, probabilities or class ids — and the fraction of equal
+    argmax pixels). The output kind and normalisation are read from the file's metadata.
+    """
     try:
         import onnxruntime as ort
     except ImportError:
         raise ModelError("the ONNX parity check needs onnxruntime: pip install 'peopleseg[export]'") from None
+    meta = read_metadata(path)
+    kind = meta.get("output_kind", "logits")
+    in_graph = meta.get("normalized_in_graph") == "true"
     height, width = model.info.input_size
-    pixels = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(seed))
+    pixels = _example(batch, height, width, in_graph, seed + 1)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    onnx_logits = session.run(["output"], {"input": pixels.numpy()})[0]
+    onnx_out = session.run(["output"], {"input": pixels.numpy()})[0]
     with torch.inference_mode():
-        torch_logits = model.eval()(pixels).numpy()
-    diff = float(np.abs(onnx_logits - torch_logits).max())
-    agreement = float(np.mean(onnx_logits.argmax(1) == torch_logits.argmax(1)))
-    return diff, agreement
+        torch_out = ExportWrapper(model.eval().cpu(), kind, in_graph).eval()(pixels).numpy()
+    return compare_outputs(onnx_out, torch_out, kind)
+
+
+def compare_outputs(a: np.ndarray, b: np.ndarray, kind: str) -> tuple[float, float]:
+    """(max |a - b| — NaN for class ids, where a difference has no size — and the fraction of equal argmax)."""
+    if kind == "argmax":
+        return float("nan"), float(np.mean(a == b))
+    diff = float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max())
+    return diff, float(np.mean(a.argmax(1) == b.argmax(1)))

@@ -112,7 +112,10 @@ class OnnxRuntimeBackend:
         self.fixed_batch = inputs[0].shape[0] if isinstance(inputs[0].shape[0], int) else None
         self.info = info or self._read_info(inputs[0].shape)
         output = next(o for o in outputs if o.name == self.output_name)
-        self.output_kind = self._output_kind(output.type, self.session.get_modelmeta().custom_metadata_map)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.output_kind = self._output_kind(output.type, meta)
+        # An export with `--normalize-in-graph` takes 0-255 RGB: the Segmenter must not normalise again.
+        self.normalized_in_graph = meta.get("normalized_in_graph") == "true"
 
     def _read_info(self, input_shape: list[Any]) -> ModelInfo:
         meta = self.session.get_modelmeta().custom_metadata_map

@@ -106,8 +106,9 @@ class Segmenter:
         self.min_person_area = min_person_area
         self.batch_size = max(1, batch_size)
         self.person_index = self.info.classes.index("person") if "person" in self.info.classes else 1
-        self._mean = torch.tensor(self.info.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self._std = torch.tensor(self.info.std, dtype=torch.float32).view(1, 3, 1, 1)
+        in_graph = getattr(self.backend, "normalized_in_graph", False)  # the graph normalises 0-255 RGB itself
+        self._mean = torch.tensor((0.0,) * 3 if in_graph else self.info.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self._std = torch.tensor((1.0,) * 3 if in_graph else self.info.std, dtype=torch.float32).view(1, 3, 1, 1)
 
     @classmethod
     def from_pretrained(cls, **kwargs: Any) -> Segmenter:
