@@ -90,4 +90,5 @@ def test_export_command(tmp_path) -> None:
     pytest.importorskip("onnxruntime")
     result = run_cli("export", "segformer_b0", "-o", str(tmp_path / "b0.onnx"))
     assert result.returncode == 0, result.stderr
-    assert "max |logit diff|" in result.stdout and (tmp_path / "b0.onnx").stat().st_size > 1_000_000
+    assert "| variant | file | MB | compared with | max abs diff | argmax agreement |" in result.stdout
+    assert "| fp32 | b0.onnx |" in result.stdout and (tmp_path / "b0.onnx").stat().st_size > 1_000_000
