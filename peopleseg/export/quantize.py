@@ -110,14 +110,18 @@ def calibration_images(
     """
     if count < 1:
         raise ConfigError(f"calibration count must be at least 1, got {count}")
-    found = find_images(folder, suffixes)
+    return _pick(find_images(folder, suffixes), count, str(Path(folder)))
+
+
+def _pick(paths: list[Path], count: int, where: str) -> list[Path]:
+    """At least `min(count, MIN_CALIBRATION_IMAGES)` images, thinned to `count` when there are more."""
     need = min(count, MIN_CALIBRATION_IMAGES)
-    if len(found) < need:
-        raise DataError(f"{Path(folder)}: {len(found)} images, need at least {need} for calibration")
-    if len(found) > count:
+    if len(paths) < need:
+        raise DataError(f"{where}: {len(paths)} images, need at least {need} for calibration")
+    if len(paths) > count:
         # Evenly spaced over the sorted list: sub-folders (scenes, subsets) stay represented in proportion.
-        found = [found[i * len(found) // count] for i in range(count)]
-    return found
+        paths = [paths[i * len(paths) // count] for i in range(count)]
+    return paths
 
 
 def prepare_input(image: np.ndarray | str | os.PathLike[str], info: ModelInfo, normalize: bool = True) -> np.ndarray:
@@ -380,13 +384,7 @@ def _info_from_metadata(meta: dict[str, str], source: Path) -> ModelInfo:
 def _image_list(calibration: ImageSource, count: int) -> list[Path]:
     if isinstance(calibration, (str, os.PathLike)):
         return calibration_images(calibration, count)
-    paths = [Path(p) for p in calibration]
-    need = min(count, MIN_CALIBRATION_IMAGES)
-    if len(paths) < need:
-        raise DataError(f"calibration: {len(paths)} images, need at least {need} for calibration")
-    if len(paths) > count:
-        paths = [paths[i * len(paths) // count] for i in range(count)]
-    return paths
+    return _pick([Path(p) for p in calibration], count, "calibration")
 
 
 def _preprocess(source: Path, prepared: Path, quantization: Any) -> Path:
