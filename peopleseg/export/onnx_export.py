@@ -23,6 +23,7 @@ from torch import nn
 
 from peopleseg.atomic import atomic_path
 from peopleseg.errors import ConfigError, ModelError
+from peopleseg.models.fold import fold_decoder
 from peopleseg.models.segformer import SegFormer
 
 OUTPUT_KINDS = ("argmax", "logits", "probs")
@@ -72,8 +73,13 @@ def export_onnx(
     normalize_in_graph: bool = False,
     dynamic_hw: bool = False,
     slim: bool = True,
+    fold: bool = True,
 ) -> OnnxExportResult:
-    """Write `path` atomically; with `check`, compare onnxruntime against torch on a random batch of `check_batch`."""
+    """Write `path` atomically; with `check`, compare onnxruntime against torch on a random batch of `check_batch`.
+
+    `fold` exports the decoder folded (`models/fold.py`): the same outputs for about half of B0's compute. The
+    parity check always compares with the unfolded model, so it proves the fold on every export.
+    """
     try:
         import onnx
     except ImportError:
@@ -81,7 +87,8 @@ def export_onnx(
     if opset not in SUPPORTED_OPSETS:
         raise ConfigError(f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}")
     path = Path(path)
-    wrapper = ExportWrapper(model.eval().cpu(), output_kind, normalize_in_graph).eval()
+    network = fold_decoder(model.eval().cpu()) if fold else model.eval().cpu()
+    wrapper = ExportWrapper(network, output_kind, normalize_in_graph).eval()  # type: ignore[arg-type]
     height, width = model.info.input_size
     example = _example(batch, height, width, normalize_in_graph)
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic_hw else {0: "batch"}

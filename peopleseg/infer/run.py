@@ -193,15 +193,41 @@ def segment_video(
     (`alpha` is the weight of the newest frame), which stops masks flickering on a still camera.
     A corrupt frame is reported and skipped. Ctrl-C (KeyboardInterrupt) still leaves valid, playable files.
     """
+    import cv2
+
+    out_dir = Path(out_dir)
+    report = report or _stderr
+    stem = stream_stem(spec)
+    # Rendering runs beside the model on the same cores: OpenCV's own thread pool would only fight it for them.
+    cv_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        return _segment_video(
+            segmenter, spec, out_dir, outputs, batch_size, smoothing, alpha, max_frames, progress, report, stem
+        )
+    finally:
+        cv2.setNumThreads(cv_threads)
+
+
+def _segment_video(
+    segmenter: Segmenter,
+    spec: str,
+    out_dir: Path,
+    outputs: Sequence[str],
+    batch_size: int,
+    smoothing: bool,
+    alpha: float,
+    max_frames: int | None,
+    progress: bool,
+    report: Callable[[str], None],
+    stem: str,
+) -> InferSummary:
     from peopleseg.infer.people import PeopleTracker
     from peopleseg.infer.pipeline import run_pipeline
     from peopleseg.infer.smoothing import TemporalSmoother
     from peopleseg.infer.sources import open_source
     from peopleseg.infer.video_writer import VideoWriter
 
-    out_dir = Path(out_dir)
-    report = report or _stderr
-    stem = stream_stem(spec)
     smoother = TemporalSmoother(alpha=alpha) if smoothing else None
     tracker = PeopleTracker()
     summary = InferSummary(videos=1)
