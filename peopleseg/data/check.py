@@ -18,13 +18,12 @@ from rich.progress import Progress
 from torch.utils.data import Dataset
 
 from peopleseg.data.folder import (
-    IMAGE_SUFFIXES,
     FolderSample,
     SegmentationFolder,
     check_label_options,
     scan_folder,
 )
-from peopleseg.data.image_io import read_image
+from peopleseg.data.image_io import IMAGE_SUFFIXES, read_image
 from peopleseg.data.masks import IGNORE_INDEX, Palette, bad_label_values, load_mask_labels
 from peopleseg.errors import ConfigError, DataError
 

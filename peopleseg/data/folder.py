@@ -17,13 +17,12 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from peopleseg.data.image_io import read_image
+from peopleseg.data.image_io import IMAGE_SUFFIXES, read_image
 from peopleseg.data.masks import BINARY_WITH_PALETTE, IGNORE_INDEX, Palette, read_mask
 from peopleseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 Transform = Callable[..., Mapping[str, Any]]
 
 

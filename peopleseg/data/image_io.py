@@ -11,6 +11,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from peopleseg.atomic import atomic_path
 from peopleseg.errors import DataError
 
+# The file suffixes every part of peopleseg treats as images (folders, calibration sets, `peopleseg infer`).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
 # Pillow's own guard against decompression bombs is a warning up to 2x its limit; make any excess an error.
 MAX_IMAGE_PIXELS = 178_956_970
 

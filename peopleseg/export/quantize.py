@@ -37,13 +37,12 @@ import torch
 import torch.nn.functional as F
 
 from peopleseg.atomic import atomic_path
-from peopleseg.data.image_io import read_image
+from peopleseg.data.image_io import IMAGE_SUFFIXES, read_image
 from peopleseg.errors import ConfigError, DataError, ModelError, PeoplesegError
 from peopleseg.models.info import ModelInfo
 
 METHODS = ("minmax", "entropy", "percentile")
 QUANT_TYPES = ("uint8", "int8")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 FIRST_CONV, LAST_CONV = "first_conv", "last_conv"
 # Fewer images than this calibrate ranges on too little data to trust (unless the caller asks for fewer).
 MIN_CALIBRATION_IMAGES = 8

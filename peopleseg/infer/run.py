@@ -20,12 +20,11 @@ from typing import Any
 import numpy as np
 
 from peopleseg.atomic import atomic_open
-from peopleseg.data.image_io import read_image, write_image
+from peopleseg.data.image_io import IMAGE_SUFFIXES, read_image, write_image
 from peopleseg.errors import ConfigError, DataError, PeoplesegError
 from peopleseg.infer.segmenter import SegmentationResult, Segmenter
 
 OUTPUTS = ("mask", "overlay", "cutout", "blur", "pixelate-people", "json")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
 STREAM_PREFIXES = ("rtsp://", "rtsps://", "http://", "https://", "webcam:", "lavfi:")
 # Rendered video outputs; the other outputs of a video are frame folders or JSONL.
@@ -64,7 +63,7 @@ def expand_inputs(items: Sequence[str]) -> list[str]:
             continue
         path = Path(item)
         if path.is_dir():
-            media = IMAGE_SUFFIXES | VIDEO_SUFFIXES
+            media = set(IMAGE_SUFFIXES) | VIDEO_SUFFIXES
             found += [str(p) for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in media]
         elif path.exists():
             found.append(item)
