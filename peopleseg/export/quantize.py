@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from peopleseg.atomic import atomic_path
 from peopleseg.data.image_io import IMAGE_SUFFIXES, read_image
@@ -130,10 +129,11 @@ def prepare_input(image: np.ndarray | str | os.PathLike[str], info: ModelInfo, n
     the model's mean/std, or left on the 0-255 scale when the graph normalises itself. The Segmenter normalises
     before resizing; both steps are linear per channel, so the order changes nothing beyond float rounding.
     """
+    from peopleseg.infer.resolution import prepare
+
     pixels = read_image(image) if not isinstance(image, np.ndarray) else image
     tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float()
-    if tuple(tensor.shape[2:]) != tuple(info.input_size):
-        tensor = F.interpolate(tensor, size=info.input_size, mode="bilinear", align_corners=False, antialias=True)
+    tensor, _ = prepare(tensor, "resize", info.input_size)  # the Segmenter's own resize
     if normalize:
         mean = torch.tensor(info.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(info.std, dtype=torch.float32).view(1, 3, 1, 1)
