@@ -15,7 +15,6 @@ from peopleseg.errors import PeoplesegError
 _PLANNED = {
     "benchmark": "speed and memory of models and backends, side by side",
     "serve": "an HTTP service with a web page",
-    "autolabel": "label images or video with a teacher model, for distillation",
 }
 
 
@@ -238,6 +237,63 @@ def _add_folder_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--binary-255", action="store_true", help="masks are 0/255 (255 = person), not label ids")
 
 
+def _cmd_autolabel(args: argparse.Namespace) -> int:
+    from peopleseg.autolabel.run import AutolabelConfig, autolabel
+    from peopleseg.autolabel.specs import build_teacher
+
+    config = AutolabelConfig(
+        background_below=args.background_below,
+        person_above=args.person_above,
+        prior_masks=args.prior_masks,
+        video_every=args.video_every,
+        max_video_frames=args.max_frames,
+        max_side=args.max_side,
+        min_confidence=args.min_confidence,
+    )
+    if args.ray is not None:
+        from peopleseg.autolabel.ray_runner import autolabel_on_ray
+
+        summary = autolabel_on_ray(
+            args.inputs,
+            args.output,
+            args.teacher,
+            config,
+            tta=args.tta,
+            address=args.ray or None,
+            workers=args.ray_workers,
+            progress=not args.quiet,
+        )
+    else:
+        teacher = build_teacher(args.teacher, tta=args.tta)
+        summary = autolabel(args.inputs, args.output, teacher, config, progress=not args.quiet)
+    agreement = ""
+    if summary.prior_agreement:
+        agreement = (
+            f", person IoU with the prior masks {100 * sum(summary.prior_agreement) / len(summary.prior_agreement):.1f}"
+        )
+    print(
+        f"labelled {summary.labelled} samples in {summary.seconds:.1f} s ({summary.per_second:.2f}/s), "
+        f"{summary.skipped_done} already done, {summary.dropped_low_confidence} dropped as unsure, "
+        f"{len(summary.failed)} failed{agreement} -> {args.output}"
+    )
+    if args.shards:
+        from peopleseg.data.folder import SegmentationFolder
+        from peopleseg.data.shards import pack_shards
+
+        dataset = SegmentationFolder(Path(args.output) / "images", Path(args.output) / "masks")
+        pack_shards(dataset, args.shards, progress=not args.quiet)
+        print(f"shards -> {args.shards}")
+    return 1 if summary.failed and not summary.labelled else 0
+
+
+def _cmd_autolabel_review(args: argparse.Namespace) -> int:
+    from peopleseg.autolabel.review import write_review
+
+    path = write_review(args.dataset, args.output, count=args.count, sort=args.sort, seed=args.seed)
+    print(f"review sheet -> {path}")
+    return 0
+
+
 def _planned(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         raise PeoplesegError(f"peopleseg {name}: not available in this version yet ({_PLANNED[name]})")
@@ -415,6 +471,56 @@ def build_parser() -> argparse.ArgumentParser:
     pack.add_argument("-q", "--quiet", action="store_true")
     pack.set_defaults(run=_cmd_data_pack)
 
+    labeler = commands.add_parser(
+        "autolabel",
+        help="label images or video with teacher models, for distillation (`autolabel review` to inspect)",
+        description="Label images, folders, globs and videos with one or more teachers into a folder dataset "
+        "(images/, masks/ with 255 = unsure, probs/, manifest.jsonl). Re-running resumes. "
+        "`peopleseg autolabel review DATASET -o sheet.html` writes a contact sheet of the labels.",
+    )
+    labeler.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders, globs or video files")
+    labeler.add_argument("-o", "--output", required=True, help="the dataset folder to write (or resume)")
+    labeler.add_argument(
+        "-t",
+        "--teacher",
+        action="append",
+        required=True,
+        help="KIND[:ARG][,key=value]: rvm[:DIR][,ratio=R], mediapipe[:landscape|general], onnx:PATH, "
+        "peopleseg:MODEL; add weight=W; repeat for an ensemble",
+    )
+    labeler.add_argument("--tta", default="", help="test-time views to average, e.g. flip,0.75,1.25")
+    labeler.add_argument("--background-below", type=float, default=0.3, help="p <= this is background")
+    labeler.add_argument("--person-above", type=float, default=0.7, help="p >= this is person; between is 255")
+    labeler.add_argument("--prior-masks", help="folder of masks the images already have: merged, disagreement ignored")
+    labeler.add_argument("--video-every", type=_positive_int, default=5, help="keep every Nth video frame")
+    labeler.add_argument("--max-frames", type=_positive_int, help="stop each video after this many frames")
+    labeler.add_argument("--max-side", type=int, default=1024, help="downscale stored samples to this side (0: keep)")
+    labeler.add_argument("--min-confidence", type=float, default=0.0, help="drop samples with fewer sure pixels")
+    labeler.add_argument("--shards", help="also pack the dataset into WebDataset shards in this folder")
+    labeler.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run on a Ray cluster (a local one when no address is given); needs `pip install peopleseg[ray]`",
+    )
+    labeler.add_argument("--ray-workers", type=_positive_int, default=2, help="labelling actors on Ray")
+    labeler.add_argument("-q", "--quiet", action="store_true")
+    labeler.set_defaults(run=_cmd_autolabel)
+    review = commands.add_parser("autolabel-review", help=argparse.SUPPRESS)
+    review.add_argument("dataset", help="a folder written by `peopleseg autolabel`")
+    review.add_argument("-o", "--output", required=True, help="sheet.png or sheet.html")
+    review.add_argument("--count", type=_positive_int, default=48, help="samples on the sheet")
+    review.add_argument(
+        "--sort",
+        choices=["confidence", "random", "name"],
+        default="confidence",
+        help="confidence puts the least sure labels first",
+    )
+    review.add_argument("--seed", type=int, default=0)
+    review.set_defaults(run=_cmd_autolabel_review)
+
     for name, about in _PLANNED.items():
         planned = commands.add_parser(name, help=f"{about} (not available yet)", description=about)
         planned.set_defaults(run=_planned(name))
@@ -440,6 +546,9 @@ def _positive_multiple_of_32(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["autolabel", "review"]:  # a sub-action of autolabel, parsed by its own parser
+        argv = ["autolabel-review", *argv[2:]]
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)

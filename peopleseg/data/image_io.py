@@ -62,8 +62,10 @@ def pil_to_rgb(image: Image.Image) -> np.ndarray:
     return np.array(image.convert("RGB"))  # a writable copy, not a read-only view
 
 
-def write_image(path: str | os.PathLike[str], array: np.ndarray) -> Path:
-    """Write an HxW (grey/label) or HxWx3/4 uint8 array atomically; the format follows the suffix."""
+def write_image(path: str | os.PathLike[str], array: np.ndarray, *, quality: int | None = None) -> Path:
+    """Write an HxW (grey/label) or HxWx3/4 uint8 array atomically; the format follows the suffix.
+
+    `quality`: JPEG/WebP quality (1-100); None keeps Pillow's default (75)."""
     path = Path(path)
     if array.dtype != np.uint8:
         raise DataError(f"{path}: expected uint8 pixels, got {array.dtype}")
@@ -74,5 +76,6 @@ def write_image(path: str | os.PathLike[str], array: np.ndarray) -> Path:
     if fmt == "JPEG" and image.mode == "RGBA":
         raise DataError(f"{path}: JPEG has no alpha channel; use .png for cut-outs")
     with atomic_path(path) as temp:
-        image.save(temp, format=fmt)
+        options = {"quality": quality} if quality is not None and fmt in ("JPEG", "WEBP") else {}
+        image.save(temp, format=fmt, **options)
     return path

@@ -10,9 +10,11 @@ The train pipeline follows mmseg's (and TAO's) SegFormer recipe, in its order:
 2. `CatMaxRatioCrop`: a random crop of `crop_size` (smaller when the image is), re-drawn up to 10 times while one
    class covers ≥ `cat_max_ratio` of the crop's non-ignored pixels or only one class is present (mmseg's
    `RandomCrop(cat_max_ratio)`).
-3. horizontal flip; 4. photometric distortion (mmseg's `PhotoMetricDistortion`, image only);
-5. normalise; 6. pad bottom/right to `crop_size` with 0 after normalisation (the mean colour, as mmseg pads) and
-   mask `ignore_index`.
+3. horizontal flip; 4. photometric distortion (mmseg's `PhotoMetricDistortion`, image only), then optionally
+   `degrade`: blur, noise and JPEG artefacts; 5. normalise; 6. pad bottom/right to `crop_size` with 0 after
+   normalisation (the mean colour, as mmseg pads) and mask `ignore_index`.
+
+Copy-paste (`copy_paste`) happens before all of this, in the trainer, because it needs a second image.
 
 Randomness: albumentations keeps its own generator, which DataLoader workers would all inherit as the same copy.
 `SegmentationTransform` reseeds it from `torch.initial_seed()` once per process (and again whenever that seed
@@ -47,6 +49,8 @@ class AugmentConfig:
     cat_max_ratio: float = 0.75  # 1.0 turns the check off
     hflip: float = 0.5  # probability
     photometric: bool = True
+    degrade: float = 0.0  # probability of each of blur, sensor noise and JPEG artefacts
+    copy_paste: float = 0.0  # probability of pasting a person from another training image (map-style data)
     ignore_index: int = 255
 
     def __post_init__(self) -> None:
@@ -59,6 +63,9 @@ class AugmentConfig:
             raise ConfigError(f"augment.cat_max_ratio: expected a value in (0, 1], got {self.cat_max_ratio}")
         if not 0 <= self.hflip <= 1:
             raise ConfigError(f"augment.hflip: expected a probability in [0, 1], got {self.hflip}")
+        for name in ("degrade", "copy_paste"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"augment.{name}: expected a probability in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.ignore_index <= 255:
             raise ConfigError(f"augment.ignore_index: expected 0..255, got {self.ignore_index}")
 
@@ -188,6 +195,15 @@ def photometric_distortion() -> A.BaseCompose:
     )
 
 
+def degradations(probability: float) -> list[A.BasicTransform | A.BaseCompose]:
+    """Camera-like damage, each with `probability`: blur (defocus or motion), sensor noise, JPEG artefacts."""
+    return [
+        A.OneOf([A.GaussianBlur(blur_limit=(3, 7)), A.MotionBlur(blur_limit=(3, 9))], p=probability),
+        A.GaussNoise(std_range=(0.02, 0.08), p=probability),
+        A.ImageCompression(quality_range=(25, 90), p=probability),
+    ]
+
+
 def train_transform(config: AugmentConfig, mean: Sequence[float], std: Sequence[float]) -> SegmentationTransform:
     """The training pipeline described in the module docstring."""
     crop_h, crop_w = config.crop_size
@@ -198,6 +214,8 @@ def train_transform(config: AugmentConfig, mean: Sequence[float], std: Sequence[
     ]
     if config.photometric:
         steps.append(photometric_distortion())
+    if config.degrade:
+        steps += degradations(config.degrade)
     steps += [_normalize(mean, std), _pad(crop_h, crop_w, "top_left", config.ignore_index)]
     return SegmentationTransform(A.Compose(steps))
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
@@ -120,10 +121,11 @@ class EpochSampler(Sampler[int]):
 
 class SeededDraws(Dataset):
     """Map-style training data whose augmentation randomness is a function of (seed, draw id) alone: the same
-    epoch and index give the same crop and flip in any worker and after any resume."""
+    epoch and index give the same crop and flip in any worker and after any resume. With `copy_paste` > 0 (and a
+    dataset that can `load` raw samples) a person from another random sample is pasted in first, as seeded."""
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
-        self.dataset, self.seed = dataset, seed
+    def __init__(self, dataset: Dataset, seed: int, copy_paste: float = 0.0) -> None:
+        self.dataset, self.seed, self.copy_paste = dataset, seed, copy_paste
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -132,7 +134,23 @@ class SeededDraws(Dataset):
         transform = getattr(self.dataset, "transform", None)
         if hasattr(transform, "seed_sample"):
             transform.seed_sample((self.seed, draw))  # type: ignore[union-attr]
-        return self.dataset[draw % len(self)]
+        index = draw % len(self)
+        if self.copy_paste and hasattr(self.dataset, "load"):
+            rng = np.random.default_rng((self.seed, draw, 1))
+            if rng.random() < self.copy_paste:
+                return self._pasted(index, rng, transform)
+        return self.dataset[index]
+
+    def _pasted(self, index: int, rng: np.random.Generator, transform: Any) -> Any:
+        from peopleseg.data.copy_paste import paste_person
+        from peopleseg.data.folder import apply_transform
+
+        try:
+            sample = self.dataset.load(index)  # type: ignore[attr-defined]
+            donor = self.dataset.load(int(rng.integers(len(self))))  # type: ignore[attr-defined]
+        except DataError:
+            return self.dataset[index]  # the dataset's own skip_bad policy decides
+        return apply_transform(transform, paste_person(sample, donor, rng))
 
 
 class ShardSampler(Sampler[int]):
@@ -216,7 +234,7 @@ def make_loaders(config: TrainConfig, info: ModelInfo, resume: ResumePosition) -
             raise DataError(f"data.train: {len(train_set)} images, fewer than one batch of {config.train.batch_size}")  # type: ignore[arg-type]
         sampler = EpochSampler(len(train_set), config.train.seed, config.train.batch_size, resume)  # type: ignore[arg-type]
         train_loader = DataLoader(
-            SeededDraws(train_set, config.train.seed),
+            SeededDraws(train_set, config.train.seed, augment.copy_paste),
             batch_size=config.train.batch_size,
             sampler=sampler,
             drop_last=True,

@@ -42,6 +42,8 @@ class AugmentSection:
     cat_max_ratio: float = 0.75
     hflip: float = 0.5
     photometric: bool = True
+    degrade: float = 0.0  # probability of each of blur, noise and JPEG artefacts
+    copy_paste: float = 0.0  # probability of pasting a person cut out of another training image
 
 
 @dataclass

@@ -1,0 +1,405 @@
+"""`peopleseg autolabel`: label images and videos with a teacher into a folder dataset ready for `peopleseg train`.
+
+Layout of OUT (each source gets a sub-folder, so `subset_from_subfolder` reports metrics per source):
+
+    OUT/images/<source>/<name>.jpg     the image (or video frame), possibly downscaled to `max_side`
+    OUT/masks/<source>/<name>.png      0 background, 1 person, 255 uncertain (ignored by the loss)
+    OUT/probs/<source>/<name>.png      the teacher's person probability x255, to re-threshold without relabelling
+    OUT/manifest.jsonl                 one record per label: teacher, confidence, person fraction, source file
+
+Re-running skips what the manifest already holds; a video resumes after its last labelled frame, warming the
+teacher's recurrent state up on the frames just before it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from peopleseg.autolabel.labels import LabelPolicy, LabelStats, agreement_iou, with_prior
+from peopleseg.autolabel.teacher import Teacher, check_probabilities
+from peopleseg.data.image_io import IMAGE_SUFFIXES, read_image, write_image
+from peopleseg.data.masks import read_mask
+from peopleseg.errors import ConfigError, DataError, PeoplesegError
+from peopleseg.infer.run import VIDEO_SUFFIXES, is_video
+
+MANIFEST = "manifest.jsonl"
+
+
+@dataclass
+class AutolabelConfig:
+    """How labels are made and stored.
+
+    `prior_masks`: a folder of masks the images already have (paired by relative path and stem, 0/1 or 0/255):
+    teacher and prior are merged, keeping pixels where they agree (`labels.with_prior`).
+    `video_every`: keep every Nth video frame as a sample (the teacher still sees every frame, for its state).
+    `video_warmup`: frames re-run before the resume point of an interrupted video, to rebuild that state.
+    `max_side`: downscale stored images and labels so their longer side is at most this (0 keeps them).
+    `min_confidence`: drop samples where fewer than this fraction of pixels got a confident label.
+    """
+
+    background_below: float = 0.3
+    person_above: float = 0.7
+    prior_masks: str | None = None
+    video_every: int = 5
+    video_warmup: int = 10
+    max_video_frames: int | None = None
+    max_side: int = 1024
+    min_confidence: float = 0.0
+    jpeg_quality: int = 95
+    save_probs: bool = True
+
+    def __post_init__(self) -> None:
+        LabelPolicy(self.background_below, self.person_above)  # validates the thresholds
+        if self.video_every < 1:
+            raise ConfigError(f"video_every must be >= 1, got {self.video_every}")
+        if self.video_warmup < 0:
+            raise ConfigError(f"video_warmup must be >= 0, got {self.video_warmup}")
+        if self.max_side < 0:
+            raise ConfigError(f"max_side must be >= 0, got {self.max_side}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ConfigError(f"min_confidence must be in 0..1, got {self.min_confidence}")
+
+    @property
+    def policy(self) -> LabelPolicy:
+        return LabelPolicy(self.background_below, self.person_above)
+
+
+@dataclass
+class AutolabelSummary:
+    labelled: int = 0
+    skipped_done: int = 0
+    dropped_low_confidence: int = 0
+    failed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    prior_agreement: list[float] = field(default_factory=list)
+
+    @property
+    def per_second(self) -> float:
+        return self.labelled / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One still to label: its file, the sample key (`<source>/<relative stem>`) and its prior mask if any."""
+
+    path: str
+    key: str
+    prior: str | None = None
+
+
+def plan_inputs(inputs: Sequence[str], prior_masks: str | None = None) -> tuple[list[WorkItem], list[tuple[str, str]]]:
+    """Stills as `WorkItem`s and videos as (spec, source name), from files, folders (recursive) and globs."""
+    import glob
+
+    stills: list[WorkItem] = []
+    videos: list[tuple[str, str]] = []
+    for item in inputs:
+        path = Path(item)
+        if is_video(item) and not path.is_dir():
+            if "://" not in item and not path.exists():
+                raise DataError(f"{item}: no such file")
+            videos.append((item, _safe(path.stem if "://" not in item else "stream")))
+            continue
+        if path.is_dir():
+            root, files = path, sorted(p for p in path.rglob("*") if p.is_file())
+        elif path.is_file():
+            root, files = path.parent, [path]
+        elif glob.has_magic(item):
+            files = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if not files:
+                raise DataError(f"{item}: the pattern matches no files")
+            root = Path(os.path.commonpath([str(p.parent) for p in files]))
+        else:
+            raise DataError(f"{item}: no such file or folder")
+        source = _source_name(root)
+        for file in files:
+            suffix = file.suffix.lower()
+            if suffix in VIDEO_SUFFIXES:
+                videos.append((str(file), _safe(file.stem)))
+            elif suffix in IMAGE_SUFFIXES:
+                relative = file.relative_to(root).with_suffix("")
+                prior = _find_prior(prior_masks, relative) if prior_masks else None
+                stills.append(WorkItem(str(file), f"{source}/{relative.as_posix()}", prior))
+    keys = [w.key for w in stills]
+    if len(set(keys)) != len(keys):
+        duplicate = next(k for k in keys if keys.count(k) > 1)
+        raise DataError(f"two inputs map to the same sample {duplicate!r}; give their folders different names")
+    if not stills and not videos:
+        raise DataError(f"no images or videos found in {', '.join(inputs)}")
+    return stills, videos
+
+
+# Folder names that say nothing about where the pictures came from: the parent names the source instead.
+_GENERIC = {"images", "imgs", "image", "img", "jpegimages", "frames", "photos", "train", "val", "test", "data"}
+
+
+def _source_name(root: Path) -> str:
+    root = root.resolve()
+    if root.name.lower() in _GENERIC and root.parent.name:
+        root = root.parent
+    return _safe(root.name or "images")
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "source"
+
+
+def _find_prior(folder: str, relative: Path) -> str | None:
+    """The mask beside `relative` in `folder` (same sub-path and stem, any image suffix), or flat by stem."""
+    import glob
+
+    base = Path(folder)
+    for where in (base / relative.parent, base):
+        matches = sorted(p for p in where.glob(glob.escape(relative.name) + ".*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        if matches:
+            return str(matches[0])
+    return None
+
+
+class Manifest:
+    """The append-only record of finished samples; the source of truth for resuming."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / MANIFEST
+        self.records: dict[str, dict[str, Any]] = {}
+        self.videos_done: set[str] = set()
+        if self.path.exists():
+            self._load()
+        out.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the whole run
+
+    def _load(self) -> None:
+        with open(self.path, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, 1):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    # Only a final line cut by a crash can be partial; anything earlier is real damage.
+                    if line.endswith("\n"):
+                        raise DataError(f"{self.path}:{number}: not a JSON record") from None
+                    continue
+                if "video_done" in record:
+                    self.videos_done.add(record["video_done"])
+                else:
+                    self.records[record["key"]] = record
+        self._truncate_partial_line()
+
+    def _truncate_partial_line(self) -> None:
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.path, "r+b") as handle:
+                handle.truncate(data.rfind(b"\n") + 1)
+
+    def done(self, key: str, out: Path) -> bool:
+        record = self.records.get(key)
+        return record is not None and (out / record["mask"]).exists() and (out / record["image"]).exists()
+
+    def add(self, record: dict[str, Any]) -> None:
+        if "key" in record:
+            self.records[record["key"]] = record
+        else:
+            self.videos_done.add(record["video_done"])
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+
+class SampleWriter:
+    """Turns teacher probabilities into a stored sample and its manifest record."""
+
+    def __init__(self, out: Path, config: AutolabelConfig, teacher_name: str) -> None:
+        self.out = out
+        self.config = config
+        self.policy = config.policy
+        self.teacher_name = teacher_name
+
+    def write(
+        self, key: str, image: np.ndarray, probs: np.ndarray, source: str, prior: np.ndarray | None = None
+    ) -> dict[str, Any] | None:
+        image, probs, prior = self._downscale(image, probs, prior)
+        labels = self.policy.to_label(probs)
+        record: dict[str, Any] = {"key": key, "source": source, "teacher": self.teacher_name}
+        if prior is not None:
+            record["prior_agreement"] = round(agreement_iou(labels, prior), 4)
+            labels = with_prior(labels, prior)
+            record["teacher"] += "+prior"
+        stats = LabelStats.of(labels)
+        record |= {"confidence": round(stats.confidence, 4), "person_fraction": round(stats.person_fraction, 4)}
+        if stats.confidence < self.config.min_confidence:
+            return None
+        record |= {"image": f"images/{key}.jpg", "mask": f"masks/{key}.png"}
+        write_image(self.out / record["image"], image, quality=self.config.jpeg_quality)
+        write_image(self.out / record["mask"], labels)
+        if self.config.save_probs:
+            record["probs"] = f"probs/{key}.png"
+            write_image(self.out / record["probs"], np.round(probs * 255).astype(np.uint8))
+        return record
+
+    def _downscale(
+        self, image: np.ndarray, probs: np.ndarray, prior: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        limit = self.config.max_side
+        height, width = image.shape[:2]
+        if not limit or max(height, width) <= limit:
+            return image, probs, prior
+        scale = limit / max(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        probs = cv2.resize(probs, size, interpolation=cv2.INTER_AREA)
+        if prior is not None:
+            prior = cv2.resize(prior, size, interpolation=cv2.INTER_NEAREST)
+        return image, probs, prior
+
+
+def read_prior(path: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A dataset's own mask as 0/1/255 labels: 0/1 ids, or 0/255 foreground (any value above 127 is a person)."""
+    raw = read_mask(path, num_classes=256)
+    labels = (raw > 127).astype(np.uint8) if raw.max() > 1 else raw.astype(np.uint8)
+    if labels.shape != shape:
+        raise DataError(f"{path}: mask is {labels.shape[1]}x{labels.shape[0]}, its image {shape[1]}x{shape[0]}")
+    return labels
+
+
+Progress = Callable[[int], None]
+
+
+def autolabel(
+    inputs: Sequence[str],
+    out: str | os.PathLike[str],
+    teacher: Teacher,
+    config: AutolabelConfig | None = None,
+    *,
+    progress: bool = True,
+) -> AutolabelSummary:
+    """Label `inputs` (images, folders, globs, videos) with `teacher` into the folder dataset `out`."""
+    config = config or AutolabelConfig()
+    out = Path(out)
+    stills, videos = plan_inputs(inputs, config.prior_masks)
+    manifest = Manifest(out)
+    writer = SampleWriter(out, config, teacher.name)
+    summary = AutolabelSummary()
+    start = time.perf_counter()
+    todo = [w for w in stills if not manifest.done(w.key, out)]
+    summary.skipped_done = len(stills) - len(todo)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"))
+    try:
+        with Progress(*columns, TimeElapsedColumn(), disable=not progress) as bar:
+            task = bar.add_task("images", total=len(todo), rate="")
+            for item in todo:
+                _label_still(item, teacher, writer, manifest, summary)
+                rate = summary.labelled / max(1e-9, time.perf_counter() - start)
+                bar.update(task, advance=1, rate=f"{rate:.2f} img/s")
+            for spec, source in videos:
+                if spec in manifest.videos_done:
+                    summary.skipped_done += 1
+                    continue
+                task = bar.add_task(f"{source}", total=config.max_video_frames, rate="")
+                advance = lambda n, t=task: bar.update(t, advance=n)  # noqa: E731
+                _label_video(spec, source, teacher, writer, manifest, summary, config, advance)
+    finally:
+        teacher.close()
+        manifest.close()
+        summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def label_still(item: WorkItem, teacher: Teacher, writer: SampleWriter) -> dict[str, Any] | None:
+    """Label one still and store it; its manifest record, or None when dropped as unsure. DataError names the file."""
+    image = read_image(item.path)
+    prior = read_prior(item.prior, image.shape[:2]) if item.prior else None
+    teacher.reset()
+    probs = check_probabilities(teacher.label([image])[0], image, teacher.name)
+    return writer.write(item.key, image, probs, item.path, prior)
+
+
+def _label_still(
+    item: WorkItem, teacher: Teacher, writer: SampleWriter, manifest: Manifest, summary: AutolabelSummary
+) -> None:
+    try:
+        record = label_still(item, teacher, writer)
+    except DataError as exc:
+        summary.failed.append(str(exc))
+        _warn(f"skipped: {exc}")
+        return
+    _count(record, manifest, summary)
+
+
+def _count(record: dict[str, Any] | None, manifest: Manifest, summary: AutolabelSummary) -> None:
+    if record is None:
+        summary.dropped_low_confidence += 1
+        return
+    manifest.add(record)
+    summary.labelled += 1
+    if "prior_agreement" in record:
+        summary.prior_agreement.append(record["prior_agreement"])
+
+
+def _label_video(
+    spec: str,
+    source: str,
+    teacher: Teacher,
+    writer: SampleWriter,
+    manifest: Manifest,
+    summary: AutolabelSummary,
+    config: AutolabelConfig,
+    advance: Progress,
+) -> None:
+    from peopleseg.infer.sources import open_source
+
+    prefix = f"{source}/"
+    done = [int(k[len(prefix) :]) for k in manifest.records if k.startswith(prefix) and k[len(prefix) :].isdigit()]
+    resume_at = max(done) + 1 if done else 0
+    warm_from = max(0, resume_at - config.video_warmup) if resume_at else 0
+
+    def on_skip(index: int, reason: str) -> None:
+        summary.failed.append(f"{spec}: frame {index}: {reason}")
+        _warn(f"{spec}: skipped a damaged frame before frame {index} ({reason})")
+
+    teacher.reset()
+    try:
+        with open_source(spec, reconnect=False, on_skip=on_skip, max_frames=config.max_video_frames) as frames:
+            for frame in _frames_from(frames, warm_from):
+                probs = teacher.label([frame.image])[0]
+                advance(1)
+                if frame.index < resume_at or frame.index % config.video_every:
+                    continue
+                key = f"{source}/{frame.index:06d}"
+                record = writer.write(key, frame.image, check_probabilities(probs, frame.image, teacher.name), spec)
+                if record is not None:
+                    record["frame"] = frame.index
+                _count(record, manifest, summary)
+    except DataError as exc:
+        summary.failed.append(str(exc))
+        _warn(f"stopped: {exc}")
+        return
+    manifest.add({"video_done": spec})
+
+
+def _frames_from(frames: Any, first: int) -> Iterator[Any]:
+    for frame in frames:
+        if frame.index >= first:
+            yield frame
+
+
+def _warn(message: str) -> None:
+    print(f"peopleseg autolabel: {message}", file=sys.stderr)
+
+
+__all__ = ["AutolabelConfig", "AutolabelSummary", "Manifest", "PeoplesegError", "autolabel", "plan_inputs"]
