@@ -215,7 +215,7 @@ def test_mediapipe_adapter_uses_the_selfie_model(monkeypatch: pytest.MonkeyPatch
     assert calls == {"model_selection": 0, "shape": (10, 12, 3), "closed": True}
     assert probs.shape == (10, 12) and np.allclose(probs, 0.8)
     monkeypatch.setitem(sys.modules, "mediapipe", types.ModuleType("mediapipe"))
-    with pytest.raises(ModelError, match="mediapipe==0.10.21"):
+    with pytest.raises(ModelError, match=r"mediapipe==0\.10\.21"):
         build_teacher(["mediapipe"])
 
 
@@ -323,7 +323,7 @@ def test_plan_inputs_rejects_collisions_and_missing_inputs(tmp_path: Path) -> No
 
 def test_manifest_rejects_damage_before_the_last_line(tmp_path: Path) -> None:
     (tmp_path / "manifest.jsonl").write_text('{"key": "a"}\nnot json\n{"key": "b"}\n')
-    with pytest.raises(DataError, match="manifest.jsonl:2"):
+    with pytest.raises(DataError, match=r"manifest\.jsonl:2"):
         Manifest(tmp_path)
 
 

@@ -1,7 +1,7 @@
 """Auto-labelling: teachers label images and video, so a student can be trained (distilled) on the result.
 
-    from peopleseg.autolabel import autolabel, build_teacher
-    autolabel(["frames/"], "labels/", build_teacher(["rvm:/opt/rvm", "mediapipe"]))
+from peopleseg.autolabel import autolabel, build_teacher
+autolabel(["frames/"], "labels/", build_teacher(["rvm:/opt/rvm", "mediapipe"]))
 """
 
 from peopleseg.autolabel.ensemble import EnsembleTeacher, TTATeacher
