@@ -6,16 +6,10 @@ import argparse
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from peopleseg.errors import PeoplesegError
-
-# Commands whose implementation lands with a later part of the roadmap: they exist, document themselves, and say so.
-_PLANNED = {
-    "benchmark": "speed and memory of models and backends, side by side",
-    "serve": "an HTTP service with a web page",
-}
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -294,13 +288,6 @@ def _cmd_autolabel_review(args: argparse.Namespace) -> int:
     return 0
 
 
-def _planned(name: str) -> Callable[[argparse.Namespace], int]:
-    def run(args: argparse.Namespace) -> int:
-        raise PeoplesegError(f"peopleseg {name}: not available in this version yet ({_PLANNED[name]})")
-
-    return run
-
-
 def build_parser() -> argparse.ArgumentParser:
     from peopleseg import __version__
 
@@ -508,7 +495,13 @@ def build_parser() -> argparse.ArgumentParser:
     labeler.add_argument("--ray-workers", type=_positive_int, default=2, help="labelling actors on Ray")
     labeler.add_argument("-q", "--quiet", action="store_true")
     labeler.set_defaults(run=_cmd_autolabel)
-    review = commands.add_parser("autolabel-review", help=argparse.SUPPRESS)
+    review = commands.add_parser(
+        "autolabel-review",
+        prog="peopleseg autolabel review",
+        help="contact sheet of labels",
+        description="Write a contact sheet (PNG or self-contained HTML) of a labelled dataset's overlays: people "
+        "green, unsure pixels red, least confident first.",
+    )
     review.add_argument("dataset", help="a folder written by `peopleseg autolabel`")
     review.add_argument("-o", "--output", required=True, help="sheet.png or sheet.html")
     review.add_argument("--count", type=_positive_int, default=48, help="samples on the sheet")
@@ -520,10 +513,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     review.add_argument("--seed", type=int, default=0)
     review.set_defaults(run=_cmd_autolabel_review)
+    # Reached as `autolabel review` (main() rewrites it); keep the internal name out of the command list.
+    commands._choices_actions = [a for a in commands._choices_actions if a.dest != "autolabel-review"]
 
-    for name, about in _PLANNED.items():
-        planned = commands.add_parser(name, help=f"{about} (not available yet)", description=about)
-        planned.set_defaults(run=_planned(name))
+    from peopleseg.bench.command import add_benchmark_parser
+    from peopleseg.serve.command import add_serve_parser
+
+    add_serve_parser(commands)
+    add_benchmark_parser(commands)
+
     return parser
 
 

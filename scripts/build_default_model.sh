@@ -5,6 +5,8 @@
 # teachers installed as the README's auto-label section says (RVM through Node: set RVM_DIR). The package itself
 # never reads ../shared. Stages: label, split, train, evaluate, ship. Each stage resumes if re-run.
 set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+cd "$REPO"
 SHARED=${SHARED:-../shared/data}
 WORK=${WORK:-/work/default-model}
 RVM_DIR=${RVM_DIR:?set RVM_DIR to the folder where RVM and TF.js were npm-installed}
@@ -24,4 +26,39 @@ if [[ $stage == all || $stage == label ]]; then
   # Street scenes from elevated cameras (every 2nd ShanghaiTech-B photo): small people need RVM at full ratio.
   mapfile -t street < <(ls "$POOL"/shanghaitech-partB/images/*.jpg | awk 'NR % 2 == 1')
   peopleseg autolabel "${street[@]}" -o "$LABELS" -t "rvm:$RVM_DIR,ratio=1.0,max_side=768" --max-side 768 -q
+fi
+
+if [[ $stage == all || $stage == split ]]; then
+  # Held-out split per source, and links to the held-out photos' own masks (reads ../shared/data/pool).
+  python scripts/split_default_data.py "$LABELS" "$WORK/split" --pool "$POOL"
+fi
+
+if [[ $stage == all || $stage == train ]]; then
+  # SegFormer-B0 from random init on the CPU (about 75 minutes on 2 quiet cores: 1500 steps of 8 crops at 384x384); re-running resumes from last.ckpt.
+  resume=()
+  [[ -f $WORK/runs/default/checkpoints/last.ckpt ]] && resume=(--resume)
+  (cd "$WORK" && peopleseg train "$REPO/configs/default_model.yaml" "${resume[@]}")
+fi
+
+if [[ $stage == all || $stage == evaluate ]]; then
+  model=$WORK/runs/default/best.safetensors
+  # Against the teacher's labels on held-out frames and photos, per source.
+  peopleseg evaluate "$model" --images "$LABELS/images" --masks "$LABELS/masks" \
+    --list-file "$WORK/split/heldout.txt" --subset-from-subfolder --out "$WORK/eval/vs_teacher" -q
+  # Against the datasets' own masks, side by side with the teachers (MediaPipe needs its own environment).
+  python scripts/compare_on_heldout.py "$WORK/split/heldout_gt" -t "rvm:$RVM_DIR,ratio=1.0" \
+    -t "rvm:$RVM_DIR,ratio=0.5" -m "$model" --json "$WORK/eval/heldout_gt.json"
+fi
+
+if [[ $stage == all || $stage == ship ]]; then
+  # fp16 safetensors inside the package: what `Segmenter.from_pretrained()` and `peopleseg infer` load.
+  python - "$WORK/runs/default/best.safetensors" <<'PY'
+import sys
+
+import torch
+
+from peopleseg.models.weights import load_model, save_model
+
+save_model(load_model(sys.argv[1]), "peopleseg/assets/default.safetensors", dtype=torch.float16)
+PY
 fi

@@ -67,7 +67,7 @@ def test_infer_folder_recursive(data_dir, tmp_path, capsys) -> None:
         (["infer", "{corrupt}"], "broken.jpg: not an image"),
         (["infer", "{photo}", "-m", "segformer_b9"], "segformer_b9"),
         (["infer", "{photo}", "-m", "{corrupt}"], "broken.jpg: unknown weights format"),
-        (["serve"], "not available in this version yet"),
+        (["serve", "-m", "{corrupt}"], "broken.jpg: unknown weights format"),
     ],
 )
 def test_errors_are_one_line(args, message, data_dir, tmp_path) -> None:
