@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from peopleseg.argtypes import positive_int
 from peopleseg.errors import PeoplesegError
 
 
@@ -319,14 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--backend", default="auto", help="auto (by file type), torch, onnxruntime or tensorrt")
     infer.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
     infer.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="torch on GPU")
-    infer.add_argument("--threads", type=_positive_int, default=None, help="CPU threads for the model")
+    infer.add_argument("--threads", type=positive_int, default=None, help="CPU threads for the model")
     infer.add_argument(
         "--resize",
         default="resize",
         choices=("resize", "letterbox", "sliding"),
         help="how images meet the network input size (default resize, as TAO)",
     )
-    infer.add_argument("--batch", type=_positive_int, default=4, help="frames per forward pass (default 4)")
+    infer.add_argument("--batch", type=positive_int, default=4, help="frames per forward pass (default 4)")
     infer.add_argument(
         "--min-area",
         type=float,
@@ -335,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     infer.add_argument("--no-smooth", action="store_true", help="video: turn temporal smoothing off")
     infer.add_argument("--smooth-alpha", type=float, default=0.5, help="video: weight of the newest frame (0-1]")
-    infer.add_argument("--max-frames", type=_positive_int, default=None, help="video: stop after N frames")
+    infer.add_argument("--max-frames", type=positive_int, default=None, help="video: stop after N frames")
     infer.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     infer.set_defaults(run=_cmd_infer)
 
@@ -354,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="logits [N,C,H/4,W/4] (default), argmax int64 [N,1,H,W] as NVIDIA's deployable, or probs",
     )
     export.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
-    export.add_argument("--batch", type=_positive_int, default=1, help="batch of the traced example (axis is dynamic)")
+    export.add_argument("--batch", type=positive_int, default=1, help="batch of the traced example (axis is dynamic)")
     export.add_argument("--dynamic-hw", action="store_true", help="make height and width dynamic too")
     export.add_argument(
         "--normalize-in-graph",
@@ -372,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
     export.add_argument("--int8", action="store_true", help="also write <name>.int8.onnx (static QDQ quantisation)")
     export.add_argument("--calib", help="folder of real images for INT8 calibration")
-    export.add_argument("--calib-count", type=_positive_int, default=64, help="calibration images to use")
+    export.add_argument("--calib-count", type=positive_int, default=64, help="calibration images to use")
     export.add_argument("--calib-method", default="minmax", choices=("minmax", "entropy", "percentile"))
     export.add_argument("--no-per-channel", action="store_true", help="per-tensor instead of per-channel weights")
     export.add_argument(
@@ -384,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--val-images", help="labelled images: report each variant's mIoU and its drop")
     export.add_argument("--val-masks", help="masks for --val-images")
     export.add_argument("--tensorrt", metavar="ENGINE", help="build a TensorRT engine (needs tensorrt and a GPU)")
-    export.add_argument("--max-batch", type=_positive_int, default=32, help="largest batch for TensorRT/Triton")
+    export.add_argument("--max-batch", type=positive_int, default=32, help="largest batch for TensorRT/Triton")
     export.add_argument("--deepstream", metavar="DIR", help="write DeepStream nvinfer config, labels and README")
     export.add_argument("--triton", metavar="DIR", help="write a Triton model repository")
     export.add_argument("--triton-name", default="peopleseg", help="model name in the Triton repository")
@@ -434,11 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluator.add_argument("--out", help="write metrics.json, metrics.md and (with --worst) worst.html here")
     evaluator.add_argument("--worst", type=int, default=0, help="keep the N worst images for the gallery")
-    evaluator.add_argument("--batch", type=_positive_int, default=4)
-    evaluator.add_argument("--max-images", type=_positive_int, default=None)
+    evaluator.add_argument("--batch", type=positive_int, default=4)
+    evaluator.add_argument("--max-images", type=positive_int, default=None)
     evaluator.add_argument("--backend", default="auto")
     evaluator.add_argument("--device", default="cpu")
-    evaluator.add_argument("--threads", type=_positive_int, default=None)
+    evaluator.add_argument("--threads", type=positive_int, default=None)
     evaluator.add_argument("-q", "--quiet", action="store_true")
     evaluator.set_defaults(run=_cmd_evaluate)
 
@@ -446,15 +447,15 @@ def build_parser() -> argparse.ArgumentParser:
     data_commands = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     check = data_commands.add_parser("check", help="find unreadable images, missing or wrong masks, bad labels")
     _add_folder_arguments(check)
-    check.add_argument("--num-classes", type=_positive_int, default=2)
+    check.add_argument("--num-classes", type=positive_int, default=2)
     check.add_argument("-q", "--quiet", action="store_true")
     check.set_defaults(run=_cmd_data_check)
     pack = data_commands.add_parser("pack", help="write a folder dataset as WebDataset tar shards")
     _add_folder_arguments(pack)
     pack.add_argument("-o", "--output", required=True, help="folder for the shards")
     pack.add_argument("--prefix", default="shard")
-    pack.add_argument("--shard-size", type=_positive_int, default=1000, help="samples per shard")
-    pack.add_argument("--num-classes", type=_positive_int, default=2)
+    pack.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard")
+    pack.add_argument("--num-classes", type=positive_int, default=2)
     pack.add_argument("-q", "--quiet", action="store_true")
     pack.set_defaults(run=_cmd_data_pack)
 
@@ -479,8 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
     labeler.add_argument("--background-below", type=float, default=0.3, help="p <= this is background")
     labeler.add_argument("--person-above", type=float, default=0.7, help="p >= this is person; between is 255")
     labeler.add_argument("--prior-masks", help="folder of masks the images already have: merged, disagreement ignored")
-    labeler.add_argument("--video-every", type=_positive_int, default=5, help="keep every Nth video frame")
-    labeler.add_argument("--max-frames", type=_positive_int, help="stop each video after this many frames")
+    labeler.add_argument("--video-every", type=positive_int, default=5, help="keep every Nth video frame")
+    labeler.add_argument("--max-frames", type=positive_int, help="stop each video after this many frames")
     labeler.add_argument("--max-side", type=int, default=1024, help="downscale stored samples to this side (0: keep)")
     labeler.add_argument("--min-confidence", type=float, default=0.0, help="drop samples with fewer sure pixels")
     labeler.add_argument("--shards", help="also pack the dataset into WebDataset shards in this folder")
@@ -492,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="run on a Ray cluster (a local one when no address is given); needs `pip install peopleseg[ray]`",
     )
-    labeler.add_argument("--ray-workers", type=_positive_int, default=2, help="labelling actors on Ray")
+    labeler.add_argument("--ray-workers", type=positive_int, default=2, help="labelling actors on Ray")
     labeler.add_argument("-q", "--quiet", action="store_true")
     labeler.set_defaults(run=_cmd_autolabel)
     review = commands.add_parser(
@@ -504,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     review.add_argument("dataset", help="a folder written by `peopleseg autolabel`")
     review.add_argument("-o", "--output", required=True, help="sheet.png or sheet.html")
-    review.add_argument("--count", type=_positive_int, default=48, help="samples on the sheet")
+    review.add_argument("--count", type=positive_int, default=48, help="samples on the sheet")
     review.add_argument(
         "--sort",
         choices=["confidence", "random", "name"],
@@ -523,16 +524,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_benchmark_parser(commands)
 
     return parser
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def _positive_multiple_of_32(text: str) -> int:

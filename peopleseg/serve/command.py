@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from peopleseg.argtypes import positive_int
 from peopleseg.errors import ConfigError, PeoplesegError
 from peopleseg.serve.config import CONFIG_ENV, ServeConfig, env_name, load_serve_config, read_keys_file
 
@@ -42,19 +43,19 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         serve.add_argument(*flags, dest=dest, default=None, help=f"{help} ({default}env {env_name(dest)})", **kwargs)
 
     add("--host", dest="host", help="address to bind; 0.0.0.0 serves every network interface, on purpose")
-    add("--port", dest="port", type=_positive_int, help="TCP port")
+    add("--port", dest="port", type=positive_int, help="TCP port")
     add("-m", "--model", dest="model", help="'default', a model name, a weights path or an .onnx file")
     add("--backend", dest="backend", help="auto (by file type), torch, onnxruntime or tensorrt")
     add("--device", dest="device", help="cpu, cuda, cuda:1, …")
     add("--precision", dest="precision", choices=("fp32", "fp16", "bf16"), help="torch on GPU")
     add("--resize", dest="resize", choices=("resize", "letterbox", "sliding"), help="how images meet the network")
-    add("--threads", dest="threads", type=_positive_int, help="CPU threads for the model")
-    add("--workers", dest="workers", type=_positive_int, help="server processes, each with its own model")
-    add("--max-batch", dest="max_batch", type=_positive_int, help="images per forward pass; 1 turns batching off")
+    add("--threads", dest="threads", type=positive_int, help="CPU threads for the model")
+    add("--workers", dest="workers", type=positive_int, help="server processes, each with its own model")
+    add("--max-batch", dest="max_batch", type=positive_int, help="images per forward pass; 1 turns batching off")
     add("--max-wait-ms", dest="max_wait_ms", type=_non_negative_float, help="how long a batch waits to fill")
-    add("--max-queue", dest="max_queue", type=_positive_int, help="images waiting for the model before 503")
+    add("--max-queue", dest="max_queue", type=positive_int, help="images waiting for the model before 503")
     add("--max-upload-mb", dest="max_upload_mb", type=_positive_float, help="largest upload in MiB, 413 above")
-    add("--max-pixels", dest="max_pixels", type=_positive_int, help="largest image, width x height, 422 above")
+    add("--max-pixels", dest="max_pixels", type=positive_int, help="largest image, width x height, 422 above")
     add("--request-timeout", dest="request_timeout_s", type=_positive_float, help="seconds per request, 504 after")
     serve.add_argument(
         "--api-key",
@@ -129,16 +130,6 @@ def _url_host(host: str) -> str:
     if host in ("0.0.0.0", "::"):
         return "localhost"
     return f"[{host}]" if ":" in host else host
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
 
 
 def _positive_float(text: str) -> float:
