@@ -25,6 +25,7 @@ from peopleseg.autolabel.run import (
     SampleWriter,
     WorkItem,
     autolabel,
+    count_record,
     label_still,
     plan_inputs,
 )
@@ -133,10 +134,5 @@ def autolabel_on_ray(
 def _collect(record: dict[str, Any], manifest: Manifest, summary: AutolabelSummary) -> None:
     if "error" in record:
         summary.failed.append(record["error"])
-    elif "dropped" in record:
-        summary.dropped_low_confidence += 1
     else:
-        manifest.add(record)
-        summary.labelled += 1
-        if "prior_agreement" in record:
-            summary.prior_agreement.append(record["prior_agreement"])
+        count_record(None if "dropped" in record else record, manifest, summary)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
 import random
 from pathlib import Path
@@ -20,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from peopleseg.atomic import atomic_open
-from peopleseg.autolabel.run import MANIFEST
+from peopleseg.autolabel.run import MANIFEST, read_manifest
 from peopleseg.data.image_io import read_image, write_image
 from peopleseg.data.masks import IGNORE_INDEX
 from peopleseg.errors import ConfigError, DataError
@@ -30,19 +29,11 @@ PERSON = np.array([0, 200, 0], np.float32)
 UNSURE = np.array([230, 30, 30], np.float32)
 
 
-def read_manifest(dataset: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def manifest_samples(dataset: str | os.PathLike[str]) -> list[dict[str, Any]]:
     path = Path(dataset) / MANIFEST
     if not path.exists():
         raise DataError(f"{dataset}: no {MANIFEST}; is this a folder written by `peopleseg autolabel`?")
-    records: dict[str, dict[str, Any]] = {}
-    with open(path, encoding="utf-8") as lines:
-        for line in lines:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash
-            if "key" in record:
-                records[record["key"]] = record
+    records = {r["key"]: r for r in read_manifest(path)[0] if "key" in r}  # a redone sample's last record wins
     return list(records.values())
 
 
@@ -88,7 +79,7 @@ def write_review(
     suffix = output.suffix.lower()
     if suffix not in (".png", ".html", ".htm"):
         raise ConfigError(f"{output}: the review sheet must be .png or .html")
-    records = pick(read_manifest(dataset), count, sort, seed)
+    records = pick(manifest_samples(dataset), count, sort, seed)
     if not records:
         raise DataError(f"{dataset}: the manifest lists no samples yet")
     tiles = [thumbnail(dataset, r) for r in records]

@@ -168,6 +168,26 @@ def _find_prior(folder: str, relative: Path) -> str | None:
     return None
 
 
+def read_manifest(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The records of a manifest, in order, and the byte length of its complete lines.
+
+    Only the last line can be cut by a crash (it has no newline yet): it is left out, so its sample is redone.
+    Damage anywhere before it is a DataError naming the line.
+    """
+    records: list[dict[str, Any]] = []
+    complete = 0
+    with open(path, "rb") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.endswith(b"\n"):
+                break
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise DataError(f"{path}:{number}: not a JSON record") from None
+            complete += len(line)
+    return records, complete
+
+
 class Manifest:
     """The append-only record of finished samples; the source of truth for resuming."""
 
@@ -181,26 +201,15 @@ class Manifest:
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - held open for the whole run
 
     def _load(self) -> None:
-        with open(self.path, encoding="utf-8") as lines:
-            for number, line in enumerate(lines, 1):
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    # Only a final line cut by a crash can be partial; anything earlier is real damage.
-                    if line.endswith("\n"):
-                        raise DataError(f"{self.path}:{number}: not a JSON record") from None
-                    continue
-                if "video_done" in record:
-                    self.videos_done.add(record["video_done"])
-                else:
-                    self.records[record["key"]] = record
-        self._truncate_partial_line()
-
-    def _truncate_partial_line(self) -> None:
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
+        records, complete = read_manifest(self.path)
+        for record in records:
+            if "video_done" in record:
+                self.videos_done.add(record["video_done"])
+            else:
+                self.records[record["key"]] = record
+        if complete < self.path.stat().st_size:  # drop the line a crash cut, so appends start on a fresh line
             with open(self.path, "r+b") as handle:
-                handle.truncate(data.rfind(b"\n") + 1)
+                handle.truncate(complete)
 
     def done(self, key: str, out: Path) -> bool:
         record = self.records.get(key)
@@ -338,10 +347,11 @@ def _label_still(
         summary.failed.append(str(exc))
         _warn(f"skipped: {exc}")
         return
-    _count(record, manifest, summary)
+    count_record(record, manifest, summary)
 
 
-def _count(record: dict[str, Any] | None, manifest: Manifest, summary: AutolabelSummary) -> None:
+def count_record(record: dict[str, Any] | None, manifest: Manifest, summary: AutolabelSummary) -> None:
+    """Book one labelled sample (None: dropped as unsure) into the manifest and the summary."""
     if record is None:
         summary.dropped_low_confidence += 1
         return
@@ -384,7 +394,7 @@ def _label_video(
                 record = writer.write(key, frame.image, check_probabilities(probs, frame.image, teacher.name), spec)
                 if record is not None:
                     record["frame"] = frame.index
-                _count(record, manifest, summary)
+                count_record(record, manifest, summary)
     except DataError as exc:
         summary.failed.append(str(exc))
         _warn(f"stopped: {exc}")
