@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--frames", type=int, default=48, help="frames per end-to-end round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--output", default="blur", help="what the end-to-end run writes (default blur)")
     args = parser.parse_args()
 
     from peopleseg import Segmenter
@@ -68,7 +69,7 @@ def main() -> None:
             segmenter.backend(batch)
         inference_fps.append(len(range(0, len(frames), args.batch)) * args.batch / (time.perf_counter() - start))
         stats = segment_video(
-            segmenter, video, work / "out", ["blur"], batch_size=args.batch, max_frames=args.frames, progress=False
+            segmenter, video, work / "out", [args.output], batch_size=args.batch, max_frames=args.frames, progress=False
         )
         e2e_fps.append(stats.fps)
 

@@ -317,9 +317,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated: mask, overlay, cutout, blur, pixelate-people, json (default mask,overlay)",
     )
     infer.add_argument("-m", "--model", default="default", help="'default', a model name, a weights path or .onnx")
-    infer.add_argument("--backend", default="auto", help="auto (by file type), torch, onnxruntime or tensorrt")
+    infer.add_argument(
+        "--backend",
+        default="auto",
+        help="auto (a weights file on CPU: onnxruntime fast path; else by file type), torch, onnxruntime or tensorrt",
+    )
     infer.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
-    infer.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"), help="torch on GPU")
+    infer.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "int8", "fp16", "bf16"),
+        help="auto (INT8 fast path on CPU, else fp32), fp32, int8 (onnxruntime), fp16 or bf16 (torch on GPU)",
+    )
     infer.add_argument("--threads", type=positive_int, default=None, help="CPU threads for the model")
     infer.add_argument(
         "--resize",
@@ -533,12 +542,26 @@ def _positive_multiple_of_32(text: str) -> int:
     return value
 
 
+def _say_when_building_the_fast_path() -> None:
+    """The first CPU run of a weights file builds its fast graph (seconds for B0, longer for big models): say so."""
+    import logging
+
+    log = logging.getLogger("peopleseg.fast_path")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["autolabel", "review"]:  # a sub-action of autolabel, parsed by its own parser
         argv = ["autolabel-review", *argv[2:]]
     args = parser.parse_args(argv)
+    _say_when_building_the_fast_path()
     try:
         return int(args.run(args) or 0)
     except PeoplesegError as exc:

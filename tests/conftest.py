@@ -11,6 +11,14 @@ def _deterministic() -> None:
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The fast CPU path caches graphs under $PEOPLESEG_CACHE: one folder per test session, never the user's."""
+    import os
+
+    os.environ["PEOPLESEG_CACHE"] = str(tmp_path_factory.mktemp("peopleseg_cache"))
+
+
 @pytest.fixture
 def data_dir() -> Path:
     return DATA

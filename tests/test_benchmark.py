@@ -244,8 +244,8 @@ def test_cli_bad_value_is_a_config_error_naming_it(photos: Path) -> None:
     args = _cli(["--batch", "1,zero", "--images", str(photos)])
     with pytest.raises(ConfigError, match=r"^batch_sizes"):
         args.run(args)
-    args = _cli(["--variants", "torch,fast", "--images", str(photos)])
-    with pytest.raises(ConfigError, match=r"^variants: unknown variant 'fast'"):
+    args = _cli(["--variants", "torch,fastest", "--images", str(photos)])
+    with pytest.raises(ConfigError, match=r"^variants: unknown variant 'fastest'"):
         args.run(args)
 
 

@@ -28,13 +28,14 @@ def test_mask_at_original_size_for_real_photos(segmenter, data_dir) -> None:
 
 
 def test_matches_a_by_hand_pipeline() -> None:
-    # Normalisation comes from the model's info, logits are resized before argmax.
+    # The uint8 image is resized first (antialiased), then normalised with the model's info; logits are resized
+    # before the argmax.
     model = build_model(
         "segformer_b0", info=ModelInfo(arch="segformer_b0", mean=HALF_MEAN, std=HALF_STD, input_size=(256, 320))
     ).eval()
     image = np.random.default_rng(0).integers(0, 256, (100, 150, 3), dtype=np.uint8)
-    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float()
-    pixels = F.interpolate(pixels, size=(256, 320), mode="bilinear", align_corners=False, antialias=True)
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None]
+    pixels = F.interpolate(pixels, size=(256, 320), mode="bilinear", align_corners=False, antialias=True).float()
     with torch.no_grad():
         logits = model((pixels - 127.5) / 127.5)
     expected = F.interpolate(logits, size=(100, 150), mode="bilinear", align_corners=False)[0].argmax(0).numpy()

@@ -13,7 +13,7 @@ from peopleseg.data.image_io import IMAGE_SUFFIXES
 from peopleseg.errors import ConfigError
 
 # The variants, in the order they are run and shown.
-VARIANTS = ("hf", "torch", "torch-compile", "ort", "ort-int8", "ort-fp16", "tensorrt")
+VARIANTS = ("hf", "torch", "torch-compile", "ort", "ort-int8", "ort-fp16", "fast-fp32", "fast", "tensorrt")
 VARIANT_ABOUT = {
     "hf": "HF transformers SegformerForSemanticSegmentation, eager fp32",
     "torch": "peopleseg torch eager fp32 (decoder folded)",
@@ -21,9 +21,11 @@ VARIANT_ABOUT = {
     "ort": "onnxruntime fp32",
     "ort-int8": "onnxruntime INT8 (static QDQ, calibrated on the benchmark images)",
     "ort-fp16": "onnxruntime FP16 (float32 I/O)",
+    "fast-fp32": "the fast CPU path in fp32: lean graph (decoder folded, layout rewritten), onnxruntime",
+    "fast": "the default on CPU: the lean graph with INT8 weights, dynamic activations, onnxruntime",
     "tensorrt": "TensorRT FP16 engine",
 }
-DEFAULT_VARIANTS = ("hf", "torch", "ort", "ort-int8")
+DEFAULT_VARIANTS = ("hf", "torch", "ort", "ort-int8", "fast")
 DEVICES = ("cpu", "cuda")
 RESIZE_POLICIES = ("resize", "letterbox", "sliding")
 # The repository's own photos, found only in a source checkout: an installed package has no tests/ folder.

@@ -90,7 +90,7 @@ def load_benchmark_model(spec: str, config: BenchmarkConfig) -> tuple[SegFormer,
     torch.manual_seed(config.seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # random weights: said once, in the report's notes
-        probe = Segmenter(spec)
+        probe = Segmenter(spec, backend="torch")
     model = probe.model
     if not isinstance(model, SegFormer):
         raise ConfigError(f"models: '{spec}' did not give a PyTorch SegFormer")

@@ -58,6 +58,8 @@ class VariantBuilder:
             "ort": self._ort,
             "ort-int8": self._ort_int8,
             "ort-fp16": self._ort_fp16,
+            "fast-fp32": lambda: self._fast("fast-fp32", "fp32"),
+            "fast": lambda: self._fast("fast", "int8"),
             "tensorrt": self._tensorrt,
         }
         start = time.perf_counter()
@@ -69,8 +71,8 @@ class VariantBuilder:
         """Why `name` cannot run here, found without building anything; None when it may."""
         if name == "hf":
             return hf_unavailable_reason(self.model)
-        if name.startswith("ort") and importlib.util.find_spec("onnxruntime") is None:
-            return "onnxruntime is not installed (pip install 'peopleseg[export]')"
+        if name.startswith(("ort", "fast")) and importlib.util.find_spec("onnxruntime") is None:
+            return "onnxruntime is not installed (pip install onnx onnxruntime)"
         if name == "tensorrt":
             if importlib.util.find_spec("tensorrt") is None:
                 return "TensorRT is not installed (pip install tensorrt, on a machine with an NVIDIA GPU)"
@@ -121,6 +123,15 @@ class VariantBuilder:
         quantize_int8(self.onnx_fp32(), target, self.images, self.model.info, config, progress=False)
         note = f"calibrated (minmax, per-channel QDQ) on {count} benchmark image(s)"
         return Variant("ort-int8", self._segmenter(target, backend="onnxruntime"), 0.0, [note])
+
+    def _fast(self, name: str, precision: str) -> Variant:
+        """What `Segmenter` runs by default on a CPU (infer/fast_path.py), built here rather than in the cache."""
+        from peopleseg.infer.fast_path import build_fast_onnx
+        from peopleseg.models.weights import save_model
+
+        weights = save_model(copy.deepcopy(self.model).cpu(), self.work_dir / f"{self.model.info.arch}.safetensors")
+        target = build_fast_onnx(weights, self.work_dir / f"{self.model.info.arch}.fast-{precision}.onnx", precision)
+        return Variant(name, self._segmenter(target, backend="onnxruntime"), 0.0)
 
     def _ort_fp16(self) -> Variant:
         from peopleseg.export.fp16 import convert_fp16

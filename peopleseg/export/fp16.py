@@ -48,7 +48,7 @@ def convert_fp16(
         import onnxruntime as ort
         from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
     except ImportError:
-        raise ModelError("FP16 export needs onnx and onnxruntime: pip install 'peopleseg[export]'") from None
+        raise ModelError("FP16 export needs onnx and onnxruntime: pip install onnx onnxruntime") from None
     source, target = Path(onnx_in), Path(onnx_out)
     original = _load(source, onnx)
     meta = {p.key: p.value for p in original.metadata_props}

@@ -24,6 +24,7 @@ from torch import nn
 from peopleseg.atomic import atomic_path
 from peopleseg.errors import ConfigError, ModelError
 from peopleseg.models.fold import fold_decoder
+from peopleseg.models.lean import lean_network
 from peopleseg.models.segformer import SegFormer
 
 OUTPUT_KINDS = ("argmax", "logits", "probs")
@@ -74,20 +75,25 @@ def export_onnx(
     dynamic_hw: bool = False,
     slim: bool = True,
     fold: bool = True,
+    lean: bool = False,
 ) -> OnnxExportResult:
     """Write `path` atomically; with `check`, compare onnxruntime against torch on a random batch of `check_batch`.
 
     `fold` exports the decoder folded (`models/fold.py`): the same outputs for about half of B0's compute. The
-    parity check always compares with the unfolded model, so it proves the fold on every export.
+    parity check always compares with the unfolded model, so it proves the fold on every export. `lean` also
+    rewrites the encoder's layout for onnxruntime on CPU (`models/lean.py`; it implies `fold`).
     """
     try:
         import onnx
     except ImportError:
-        raise ModelError("ONNX export needs the export extra: pip install 'peopleseg[export]'") from None
+        raise ModelError("ONNX export needs onnx: pip install onnx onnxruntime") from None
     if opset not in SUPPORTED_OPSETS:
         raise ConfigError(f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}")
     path = Path(path)
-    network = fold_decoder(model.eval().cpu()) if fold else model.eval().cpu()
+    if lean:
+        network = lean_network(model.eval().cpu())
+    else:
+        network = fold_decoder(model.eval().cpu()) if fold else model.eval().cpu()
     wrapper = ExportWrapper(network, output_kind, normalize_in_graph).eval()  # type: ignore[arg-type]
     height, width = model.info.input_size
     example = _example(batch, height, width, normalize_in_graph)
@@ -193,7 +199,7 @@ def check_onnx_parity(model: SegFormer, path: str | Path, batch: int = 2, seed: 
     try:
         import onnxruntime as ort
     except ImportError:
-        raise ModelError("the ONNX parity check needs onnxruntime: pip install 'peopleseg[export]'") from None
+        raise ModelError("the ONNX parity check needs onnxruntime: pip install onnx onnxruntime") from None
     meta = read_metadata(path)
     kind = meta.get("output_kind", "logits")
     in_graph = meta.get("normalized_in_graph") == "true"

@@ -344,7 +344,7 @@ def _import_ort() -> tuple[Any, Any]:
         import onnxruntime as ort
         import onnxruntime.quantization as quantization
     except ImportError:
-        raise ModelError("INT8 export needs onnxruntime: pip install 'peopleseg[export]'") from None
+        raise ModelError("INT8 export needs onnxruntime: pip install onnx onnxruntime") from None
     return ort, quantization
 
 

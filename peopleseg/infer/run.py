@@ -266,7 +266,7 @@ def _segment_video(
             return segmenter.segment_batch([f.image for f in frames], people=False)
 
         def consume(frame: Any, result: SegmentationResult) -> None:
-            result = segmenter.follow(result, smoother, tracker)
+            result = segmenter.follow(result, smoother, tracker, people=jsonl is not None)
             for kind, writer in writers.items():
                 writer.write(render(frame.image, result, kind))
             for kind, folder in frame_dirs.items():
@@ -282,6 +282,9 @@ def _segment_video(
             process,
             consume,
             batch_size=batch_size,
+            # Enough decoded frames queued for the next batch, and no more: at 1080p each queued frame and result
+            # holds about 17 MB, and the model is the slow stage, so deeper queues only cost memory.
+            queue_size=batch_size + 1,
             progress=progress,
             total=source.frame_count,
             description=stem,

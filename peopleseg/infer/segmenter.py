@@ -77,7 +77,7 @@ class Segmenter:
         device: str = "cpu",
         resize: str = "resize",
         threads: int | None = None,
-        precision: str = "fp32",
+        precision: str = "auto",
         compile: bool = False,
         info: ModelInfo | None = None,
         max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -168,8 +168,11 @@ class Segmenter:
             result = self.segment(frame, color=color, people=False)
             yield self.follow(result, smoother, tracker)
 
-    def follow(self, result: SegmentationResult, smoother: Any = None, tracker: Any = None) -> SegmentationResult:
-        """Apply a video's smoother and tracker to one frame's result (what `stream` does per frame)."""
+    def follow(
+        self, result: SegmentationResult, smoother: Any = None, tracker: Any = None, people: bool = True
+    ) -> SegmentationResult:
+        """Apply a video's smoother and tracker to one frame's result (what `stream` does per frame). Without
+        `people` the connected regions are not looked for (`result.people` stays empty): renders do not need them."""
         from peopleseg.infer.people import find_people
 
         if smoother is not None:
@@ -180,6 +183,8 @@ class Segmenter:
             mask[stable] = self.person_index
             mask[~stable & (mask == self.person_index)] = 0
             result.mask = mask
+        if not people:
+            return result
         found = find_people(result.person_mask, self.min_person_area, proba=result.person)
         result.people = tracker.update(found) if tracker is not None else found
         return result
@@ -190,13 +195,22 @@ class Segmenter:
         """Per image: (label ids uint8 [H, W], person probability float32 [H, W]) at the image's own size."""
         inputs, plans = [], []
         for array in arrays:
-            pixels = torch.from_numpy(array).permute(2, 0, 1)[None].float()
-            crops, plan = prepare((pixels - self._mean) / self._std, self.resize, self.info.input_size)
+            pixels = torch.from_numpy(array).permute(2, 0, 1)[None]  # uint8, a view
+            if self.resize == "resize" and tuple(pixels.shape[2:]) != tuple(self.info.input_size):
+                # Resize the uint8 image first, then normalise the small one: torch's uint8 antialiased kernel
+                # took a 1080p frame to 512x512 in 1.7 ms against 12.5 ms for normalise-then-resize in float.
+                pixels = F.interpolate(pixels, self.info.input_size, mode="bilinear", antialias=True)
+            # Channel-first in memory before the float maths: a strided float copy is 2.5x slower, and the backends
+            # want contiguous NCHW anyway.
+            pixels = pixels.contiguous()
+            crops, plan = prepare((pixels.float() - self._mean) / self._std, self.resize, self.info.input_size)
+            plan.image_size = (array.shape[0], array.shape[1])
             inputs.append(crops)
             plans.append(plan)
-        batch = torch.cat(inputs)
+        batch = inputs[0] if len(inputs) == 1 else torch.cat(inputs)
         size = self.batch_size
-        outputs = torch.cat([self.backend(batch[i : i + size]) for i in range(0, len(batch), size)]).cpu()
+        parts = [self.backend(batch[i : i + size]) for i in range(0, len(batch), size)]
+        outputs = (parts[0] if len(parts) == 1 else torch.cat(parts)).cpu()
         results, start = [], 0
         for crops, plan in zip(inputs, plans, strict=True):
             out = outputs[start : start + len(crops)]

@@ -124,6 +124,13 @@ class VideoWriter:
         if codec in ("libx264", "libx265"):
             # x264's default "medium" preset costs as much CPU as a small model; "veryfast" keeps video real-time.
             codec_options.setdefault("preset", "veryfast")
+            # Its frame threads compete with the model for the same cores: on a 2-core machine one encoder thread
+            # took 30% less CPU per frame than x264's automatic count, at the same size. Bigger machines keep some.
+            codec_options.setdefault("threads", str(max(1, (os.cpu_count() or 1) // 4)))
+            # No look-ahead and no B-frames: at 1080p x264's default look-ahead held 173 MB against 45 MB, and cost
+            # about a third more CPU per frame, for files about a third smaller. Memory, CPU and latency (live
+            # streams) matter more here; options={"tune": "film"} (any other tune) trades back.
+            codec_options.setdefault("tune", "zerolatency")
         stream = self._container.add_stream(codec, rate=self._rate, options=codec_options)
         stream.width = self.output_width
         stream.height = self.output_height

@@ -15,7 +15,7 @@ from typing import Any
 
 from peopleseg.argtypes import positive_int
 from peopleseg.errors import ConfigError, PeoplesegError
-from peopleseg.serve.config import CONFIG_ENV, ServeConfig, env_name, load_serve_config, read_keys_file
+from peopleseg.serve.config import CONFIG_ENV, PRECISIONS, ServeConfig, env_name, load_serve_config, read_keys_file
 
 DESCRIPTION = (
     "Serve person segmentation over HTTP: POST /v1/segment (mask, overlay, cutout, blur or json), WebSocket "
@@ -47,7 +47,12 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     add("-m", "--model", dest="model", help="'default', a model name, a weights path or an .onnx file")
     add("--backend", dest="backend", help="auto (by file type), torch, onnxruntime or tensorrt")
     add("--device", dest="device", help="cpu, cuda, cuda:1, …")
-    add("--precision", dest="precision", choices=("fp32", "fp16", "bf16"), help="torch on GPU")
+    add(
+        "--precision",
+        dest="precision",
+        choices=PRECISIONS,
+        help="auto (INT8 fast path on CPU, else fp32), fp32, int8 (onnxruntime), fp16 or bf16 (torch on GPU)",
+    )
     add("--resize", dest="resize", choices=("resize", "letterbox", "sliding"), help="how images meet the network")
     add("--threads", dest="threads", type=positive_int, help="CPU threads for the model")
     add("--workers", dest="workers", type=positive_int, help="server processes, each with its own model")

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from peopleseg.errors import ConfigError
+from peopleseg.infer.backends import PRECISIONS
 
 ENV_PREFIX = "PEOPLESEG_"
 # `--workers N` starts N processes; each rebuilds the app from this variable (a JSON ServeConfig).
 CONFIG_ENV = "PEOPLESEG_SERVE_CONFIG"
 RESIZE_POLICIES = ("resize", "letterbox", "sliding")
-PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class ServeConfig:
     model: str = "default"  # 'default', a registry name, a weights path or an .onnx file
     backend: str = "auto"
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str = "auto"
     resize: str = "resize"
     threads: int | None = None  # CPU threads for the model (torch or onnxruntime); None leaves the library default
     workers: int = 1  # server processes, each with its own model and batcher
