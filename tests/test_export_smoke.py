@@ -10,7 +10,16 @@ from peopleseg.models.registry import REGISTRY
 
 pytest.importorskip("onnxruntime")
 
-SLOW = {"segformer_fan_large_hybrid"}
+# The deep variants run the same code as b1/b2 and fan_tiny with more blocks, for 20-40 s each on 2 cores: they run
+# with -m slow, so the default suite stays well inside its 10 minutes.
+SLOW = {
+    "segformer_b3",
+    "segformer_b4",
+    "segformer_b5",
+    "segformer_fan_small_hybrid",
+    "segformer_fan_base_hybrid",
+    "segformer_fan_large_hybrid",
+}
 NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in REGISTRY]
 
 

@@ -127,6 +127,19 @@ def test_pinned_batch_sessions_give_the_same_answers(tmp_path, cache) -> None:
     batched = segmenter.segment_batch(images, people=False)
     for image, result in zip(images, batched, strict=True):
         np.testing.assert_allclose(segmenter.predict_proba(image), result.person, atol=1e-4)
-    assert sorted(segmenter.backend._pinned) == [1, 3]  # at most two pinned sizes; others use the dynamic session
+    assert _pinned_sizes(segmenter) == {1, 3}  # at most two pinned sizes; others use the dynamic session
     segmenter.predict_batch(images[:2])
-    assert sorted(segmenter.backend._pinned) == [1, 3]
+    assert _pinned_sizes(segmenter) == {1, 3}
+
+
+def _pinned_sizes(segmenter: Segmenter) -> set[int]:
+    return {size for size, _ in segmenter.backend._sessions if size}
+
+
+def test_busy_wait_off_gets_its_own_sessions_with_the_same_answers(tmp_path, cache) -> None:
+    segmenter = Segmenter(_weights(tmp_path))
+    image = _image()
+    spinning = segmenter.predict_proba(image)
+    segmenter.backend.busy_wait = False  # what video pipelines do while they run
+    np.testing.assert_array_equal(segmenter.predict_proba(image), spinning)
+    assert set(segmenter.backend._sessions) == {(1, True), (1, False)}

@@ -101,9 +101,6 @@ class OnnxRuntimeBackend:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
-        # Idle threads sleep instead of spinning: the CPU is shared with decoding, rendering and encoding, and
-        # spinning cost video 20% of its frame rate here, while single-image latency did not change.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # Without a memory pattern onnxruntime reuses freed activation blocks instead of planning one block for
         # them all: B0 at 512x512 held 88 MB instead of 162 MB after a run here, at the same speed.
         options.enable_mem_pattern = False
@@ -113,6 +110,12 @@ class OnnxRuntimeBackend:
                 raise ModelError("the onnxruntime CUDA provider is not installed (pip install onnxruntime-gpu)")
             providers.insert(0, "CUDAExecutionProvider")
         self._ort, self._options, self._providers = ort, options, providers
+        # Between operators, onnxruntime's threads spin (busy-wait) for the next one. Alone, that made B0 10%
+        # faster per image here; beside decoding, rendering and encoding on the same cores it cost video 10-20% of
+        # its frame rate. So it is on by default, and video pipelines turn it off (`busy_wait = False`) while
+        # they run; each setting has its own sessions.
+        self.busy_wait = True
+        self._batch_axis: str | None = None
         self.session = self._open(None)
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
@@ -124,7 +127,8 @@ class OnnxRuntimeBackend:
         # onnxruntime folds the reshapes and picks static kernels (12-16% faster for B0 on a CPU here).
         batch_dim = inputs[0].shape[0]
         self._batch_axis = batch_dim if isinstance(batch_dim, str) and batch_dim else None
-        self._pinned: dict[int, Any] = {}
+        # Sessions by (pinned batch size, or 0 for none; busy_wait).
+        self._sessions: dict[tuple[int, bool], Any] = {(0, True): self.session}
         self.info = info or self._read_info(inputs[0].shape)
         output = next(o for o in outputs if o.name == self.output_name)
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -135,7 +139,8 @@ class OnnxRuntimeBackend:
         self.one_at_a_time = meta.get("quantization", "").startswith("dynamic")
         if self.one_at_a_time and self._batch_axis is not None and self.device.type == "cpu":
             # Only batch 1 will ever run: keep just its pinned session (each session holds its own weights).
-            self.session = self._pinned[1] = self._open(1)
+            self.session = self._open(1)
+            self._sessions = {(1, True): self.session}
         # An export with `--normalize-in-graph` takes 0-255 RGB: the Segmenter must not normalise again.
         self.normalized_in_graph = meta.get("normalized_in_graph") == "true"
 
@@ -167,14 +172,14 @@ class OnnxRuntimeBackend:
         return self._run(batch)
 
     def _open(self, batch: int | None) -> Any:
-        options = self._options
-        if batch is not None:
-            options = self._ort.SessionOptions()
-            options.graph_optimization_level = self._options.graph_optimization_level
-            options.intra_op_num_threads = self._options.intra_op_num_threads
-            options.inter_op_num_threads = self._options.inter_op_num_threads
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            options.enable_mem_pattern = self._options.enable_mem_pattern
+        """A session for the current `busy_wait` setting; with `batch`, the symbolic batch axis pinned to it."""
+        options = self._ort.SessionOptions()
+        options.graph_optimization_level = self._options.graph_optimization_level
+        options.intra_op_num_threads = self._options.intra_op_num_threads
+        options.inter_op_num_threads = self._options.inter_op_num_threads
+        options.enable_mem_pattern = self._options.enable_mem_pattern
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.busy_wait else "0")
+        if batch is not None and self._batch_axis is not None:
             options.add_free_dimension_override_by_name(self._batch_axis, batch)
         try:
             return self._ort.InferenceSession(str(self.path), options, providers=self._providers)
@@ -182,13 +187,16 @@ class OnnxRuntimeBackend:
             raise ModelError(f"{self.path}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from None
 
     def _session_for(self, batch: int) -> Any:
-        if self._batch_axis is None or self.device.type != "cpu":
+        if self.device.type != "cpu":
             return self.session
-        if batch not in self._pinned:
-            if len(self._pinned) >= 2:  # each pinned session holds its own weights: pin the first two sizes only
+        key = (batch if self._batch_axis is not None else 0, self.busy_wait)
+        session = self._sessions.get(key)
+        if session is None:
+            pinned = sum(1 for size, _ in self._sessions if size)
+            if key[0] and pinned >= 2:  # each session holds its own weights: pin two, then fall back
                 return self.session
-            self._pinned[batch] = self._open(batch)
-        return self._pinned[batch]
+            session = self._sessions[key] = self._open(key[0] or None)
+        return session
 
     def _run(self, batch: np.ndarray) -> torch.Tensor:
         session = self._session_for(batch.shape[0])

@@ -193,19 +193,32 @@ def segment_video(
     A corrupt frame is reported and skipped. Ctrl-C (KeyboardInterrupt) still leaves valid, playable files.
     """
     import cv2
+    import torch
 
     out_dir = Path(out_dir)
     report = report or _stderr
     stem = stream_stem(spec)
-    # Rendering runs beside the model on the same cores: OpenCV's own thread pool would only fight it for them.
+    # Rendering runs beside the model on the same cores: OpenCV's own thread pool would only fight it for them,
+    # and neither should onnxruntime's threads busy-wait between operators (backends.py).
     cv_threads = cv2.getNumThreads()
     cv2.setNumThreads(1)
+    busy_wait = getattr(segmenter.backend, "busy_wait", None)
+    if busy_wait is not None:
+        segmenter.backend.busy_wait = False  # type: ignore[attr-defined]
+    # With another backend, torch only pre- and post-processes small maps: one thread does it, and the idle
+    # OpenMP workers no longer spin beside the model (7% more frames per second here).
+    torch_threads = torch.get_num_threads()
+    if segmenter.backend.name != "torch":
+        torch.set_num_threads(1)
     try:
         return _segment_video(
             segmenter, spec, out_dir, outputs, batch_size, smoothing, alpha, max_frames, progress, report, stem
         )
     finally:
         cv2.setNumThreads(cv_threads)
+        torch.set_num_threads(torch_threads)
+        if busy_wait is not None:
+            segmenter.backend.busy_wait = busy_wait  # type: ignore[attr-defined]
 
 
 def _segment_video(
