@@ -233,7 +233,7 @@ def _add_folder_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_autolabel(args: argparse.Namespace) -> int:
-    from peopleseg.autolabel.run import AutolabelConfig, autolabel
+    from peopleseg.autolabel.run import AutolabelConfig, autolabel, plan_inputs
     from peopleseg.autolabel.specs import build_teacher
 
     config = AutolabelConfig(
@@ -245,6 +245,8 @@ def _cmd_autolabel(args: argparse.Namespace) -> int:
         max_side=args.max_side,
         min_confidence=args.min_confidence,
     )
+    # The inputs first: a missing file is the user's first problem, before a teacher is loaded (or found missing).
+    plan_inputs(args.inputs, config.prior_masks)
     if args.ray is not None:
         from peopleseg.autolabel.ray_runner import autolabel_on_ray
 
@@ -446,7 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluator.add_argument("--worst", type=int, default=0, help="keep the N worst images for the gallery")
     evaluator.add_argument("--batch", type=positive_int, default=4)
     evaluator.add_argument("--max-images", type=positive_int, default=None)
-    evaluator.add_argument("--backend", default="auto")
+    evaluator.add_argument(
+        "--backend",
+        default="auto",
+        help="auto (what infer runs: on a CPU, the INT8 fast path for a weights file), torch (exact fp32), onnxruntime",
+    )
     evaluator.add_argument("--device", default="cpu")
     evaluator.add_argument("--threads", type=positive_int, default=None)
     evaluator.add_argument("-q", "--quiet", action="store_true")

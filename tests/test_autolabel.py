@@ -354,6 +354,9 @@ def test_cli_autolabel_and_review(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "model must be one of" in capsys.readouterr().err
     assert main(["autolabel", "review", str(tmp_path), "-o", str(tmp_path / "x.png")]) == 1
     assert "no manifest.jsonl" in capsys.readouterr().err
+    # A missing input is named before any teacher is loaded (or found missing).
+    assert main(["autolabel", str(tmp_path / "nope"), "-o", str(out), "-t", "mediapipe"]) == 1
+    assert "nope: no such file or folder" in capsys.readouterr().err
 
 
 def test_teacher_protocol_is_satisfied() -> None:
