@@ -39,6 +39,9 @@ from peopleseg.models.segformer import SegFormer
 
 _EXPORTED_SUFFIXES = (".onnx", ".engine", ".plan")
 
+# Seconds between one variant's calls and the next variant's, untimed.
+SETTLE_S = 0.05
+
 
 def run_benchmark(config: BenchmarkConfig) -> BenchmarkReport:
     """Measure every model and variant of `config` on its photos; see the module docstring for the protocol."""
@@ -235,6 +238,9 @@ def _time_interleaved(
         shift = round_index % max(1, len(names))
         for name in names[shift:] + names[:shift]:
             seconds, peaks = timings[name]
+            # onnxruntime's threads busy-wait for a while after a call (backends.py): let the previous variant's
+            # threads go idle first, as they would in a process that runs one model.
+            time.sleep(SETTLE_S)
             try:
                 meter.start()
                 for images_in_call in calls:
