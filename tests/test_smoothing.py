@@ -62,6 +62,46 @@ def test_a_moving_person_is_followed() -> None:
     assert ious[-1] > 0.8 and ious[0] < ious[-1]
 
 
+def _scene(blob: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The frame a camera would see: a grey background with sensor noise, the person drawn bright."""
+    image = np.full((*blob.shape, 3), 90, np.float32) + rng.normal(0, 1.5, (*blob.shape, 3)).astype(np.float32)
+    image += blob[..., None] * 120
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def test_with_frames_a_walking_person_leaves_no_trail() -> None:
+    # 4 px a frame, as pedestrians at 10 fps: the plain average trails behind and shrinks the person; with the
+    # frames the smoother sees the motion and takes each frame as it is there.
+    rng = np.random.default_rng(3)
+    plain, gated = TemporalSmoother(), TemporalSmoother()
+    plain_ious, gated_ious = [], []
+    for step in range(10):
+        clean = _blob(12 + 4 * step)
+        proba = _noisy(clean, rng, 0.05)
+        plain_ious.append(_iou(plain.update(proba)[1], clean >= 0.5))
+        gated_ious.append(_iou(gated.update(proba, _scene(clean, rng))[1], clean >= 0.5))
+    assert min(gated_ious[1:]) > 0.9
+    assert np.mean(plain_ious[1:]) < np.mean(gated_ious[1:]) - 0.1
+
+
+def test_with_still_frames_the_flicker_is_damped_as_before() -> None:
+    rng = np.random.default_rng(4)
+    clean = _blob(32)
+    probas = [_noisy(clean, rng, 0.15) for _ in range(40)]
+    smoother = TemporalSmoother()
+    gated = [smoother.update(proba, _scene(clean, rng))[1] for proba in probas]
+    assert flicker(gated) < 0.5 * flicker([proba >= 0.5 for proba in probas])
+    assert _iou(gated[-1], clean >= 0.5) > 0.9
+
+
+def test_the_frame_for_motion_must_match_the_mask() -> None:
+    smoother = TemporalSmoother()
+    with pytest.raises(DataError, match=r"uint8 of the mask's size \[64, 64\], got uint8 \[32, 32, 3\]"):
+        smoother.update(_blob(32), np.zeros((32, 32, 3), np.uint8))
+    with pytest.raises(ConfigError, match="motion_levels must be > 0"):
+        TemporalSmoother(motion_levels=0)
+
+
 def test_ema_and_hysteresis_by_hand() -> None:
     smoother = TemporalSmoother(alpha=0.25)
     smoother.update(np.ones((1, 1), np.float32))

@@ -279,7 +279,7 @@ def _segment_video(
             return segmenter.segment_batch([f.image for f in frames], people=False)
 
         def consume(frame: Any, result: SegmentationResult) -> None:
-            result = segmenter.follow(result, smoother, tracker, people=jsonl is not None)
+            result = segmenter.follow(result, smoother, tracker, people=jsonl is not None, image=frame.image)
             for kind, writer in writers.items():
                 writer.write(render(frame.image, result, kind))
             for kind, folder in frame_dirs.items():

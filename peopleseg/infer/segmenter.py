@@ -165,18 +165,25 @@ class Segmenter:
         smoother = TemporalSmoother(alpha=alpha) if smoothing else None
         tracker = PeopleTracker() if track else None
         for frame in frames:
-            result = self.segment(frame, color=color, people=False)
-            yield self.follow(result, smoother, tracker)
+            array = to_rgb(frame, color, self.max_pixels)
+            result = self.segment(array, people=False)
+            yield self.follow(result, smoother, tracker, image=array)
 
     def follow(
-        self, result: SegmentationResult, smoother: Any = None, tracker: Any = None, people: bool = True
+        self,
+        result: SegmentationResult,
+        smoother: Any = None,
+        tracker: Any = None,
+        people: bool = True,
+        image: np.ndarray | None = None,
     ) -> SegmentationResult:
         """Apply a video's smoother and tracker to one frame's result (what `stream` does per frame). Without
-        `people` the connected regions are not looked for (`result.people` stays empty): renders do not need them."""
+        `people` the connected regions are not looked for (`result.people` stays empty): renders do not need them.
+        `image` (the frame, RGB uint8) lets the smoother average only where the picture stands still."""
         from peopleseg.infer.people import find_people
 
         if smoother is not None:
-            smoothed, stable = smoother.update(result.person)
+            smoothed, stable = smoother.update(result.person, image)
             result.person = smoothed
             # Only the person/background decision is smoothed; other classes keep their per-frame labels. With two
             # classes the mask is the stable map itself (boolean-index assignment cost 4 ms a 768x576 frame).

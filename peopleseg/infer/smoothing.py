@@ -3,6 +3,11 @@
 Segmenting each frame on its own makes the edges of people shimmer: a pixel near 0.5 flips between person and
 background from one frame to the next, although nothing moved. `TemporalSmoother` damps that with an exponential
 moving average of the probabilities and a hysteresis threshold; `flicker` measures it, before and after.
+
+Averaging over time lags behind anything that moves. On real footage of walking people (the default model on
+tests/data/vtest_clip.mp4, scored against RVM's labels of the same frames) a plain average cut the person IoU from
+0.53 to 0.31: the masks trailed behind the walkers and lost their legs. So when it is given the frames themselves,
+the smoother averages only where the picture stands still, and takes each new frame as it is where it changed.
 """
 
 from __future__ import annotations
@@ -35,8 +40,15 @@ class TemporalSmoother:
     lines up with the image.
     """
 
-    def __init__(self, alpha: float = 0.5, on_threshold: float = 0.6, off_threshold: float = 0.4) -> None:
-        for name, value in (("alpha", alpha), ("on_threshold", on_threshold), ("off_threshold", off_threshold)):
+    def __init__(
+        self, alpha: float = 0.5, on_threshold: float = 0.6, off_threshold: float = 0.4, motion_levels: float = 8.0
+    ) -> None:
+        for name, value in (
+            ("alpha", alpha),
+            ("on_threshold", on_threshold),
+            ("off_threshold", off_threshold),
+            ("motion_levels", motion_levels),
+        ):
             if not isinstance(value, numbers.Real) or isinstance(value, (bool, np.bool_)) or np.isnan(value):
                 raise ConfigError(f"{name} must be a number, got {value!r}")
         if not 0 < alpha <= 1:
@@ -46,19 +58,29 @@ class TemporalSmoother:
                 f"thresholds must satisfy 0 <= off_threshold <= on_threshold <= 1, got off={off_threshold!r}, "
                 f"on={on_threshold!r}"
             )
+        if motion_levels <= 0:
+            raise ConfigError(f"motion_levels must be > 0, got {motion_levels!r}")
         self.alpha = float(alpha)
         self.on_threshold = float(on_threshold)
         self.off_threshold = float(off_threshold)
+        # A change of this many grey levels (0-255, local mean) counts as motion: there the new frame is taken as
+        # it is. Sensor noise on a still camera stays well below it.
+        self.motion_levels = float(motion_levels)
         self.reset()
 
     def reset(self) -> None:
         """Forget the history: the next frame starts afresh (call it at a cut or a new video)."""
         self._smoothed: np.ndarray | None = None
         self._mask: np.ndarray | None = None
+        self._grey: np.ndarray | None = None
 
-    def update(self, proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def update(self, proba: np.ndarray, image: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Take this frame's person probabilities (float [H, W] in 0..1) and return (smoothed float32 [H, W], stable
         bool mask [H, W]).
+
+        `image` is the frame itself (uint8 [H, W, 3] or [H, W]). With it, the average and the hysteresis apply only
+        where the picture did not change since the previous frame; where it did (people walking), this frame's
+        probabilities are taken as they are. Without it, they apply everywhere.
 
         Both are new arrays each frame (a list of them stays a true history) and read-only, because the smoother keeps
         them as its state for the next frame: copy one before drawing on it.
@@ -66,21 +88,53 @@ class TemporalSmoother:
         given = proba
         proba = _check_proba(proba)
         previous = self._smoothed
-        if previous is None or previous.shape != proba.shape or self.alpha == 1:
+        fresh = previous is None or previous.shape != proba.shape or self._mask is None
+        motion = self._motion(image, proba.shape, fresh)
+        if fresh or self.alpha == 1:
             # alpha = 1 copies rather than computes 1 * p + 0 * s, so plain thresholding is reproduced bit for bit.
             # The copy is ours: the caller may reuse its buffer for the next frame.
             smoothed = proba.copy() if proba is given else proba
-        else:
+        elif motion is None:
             smoothed = cv2.addWeighted(proba, self.alpha, previous, 1 - self.alpha, 0)
-        if previous is None or previous.shape != proba.shape or self._mask is None:
+        else:
+            # Per pixel, the weight of the new frame runs from alpha (still) to 1 (moving).
+            weight = motion * np.float32(1 - self.alpha) + np.float32(self.alpha)
+            smoothed = previous + weight * (proba - previous)
+        if fresh:
             mask = smoothed >= (self.on_threshold + self.off_threshold) / 2
         else:
             mask = smoothed >= self.on_threshold
             mask |= self._mask & (smoothed > self.off_threshold)
+            if motion is not None:
+                # No hysteresis where things move: it would leave a trail behind them, and lose the pixels between
+                # the middle of the band and its top. There the middle decides, as on a first frame.
+                middle = smoothed >= (self.on_threshold + self.off_threshold) / 2
+                mask = np.where(motion >= 0.5, middle, mask)
         smoothed.flags.writeable = False
         mask.flags.writeable = False
         self._smoothed, self._mask = smoothed, mask
         return smoothed, mask
+
+    def _motion(self, image: np.ndarray | None, shape: tuple[int, ...], fresh: bool) -> np.ndarray | None:
+        """Per pixel, 0 (still) to 1 (moving), from the change in local brightness since the previous frame; None
+        without an image or on the first frame. Measured at a quarter of the size: it is a smooth map anyway."""
+        if image is None:
+            self._grey = None
+            return None
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape[:2] != tuple(shape):
+            got = f"{image.dtype} {list(image.shape)}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise DataError(f"the frame for motion must be uint8 of the mask's size {list(shape)}, got {got}")
+        grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+        height, width = shape
+        small_size = (max(1, width // 4), max(1, height // 4))
+        grey = cv2.GaussianBlur(cv2.resize(grey, small_size, interpolation=cv2.INTER_AREA), (5, 5), 0)
+        previous, self._grey = self._grey, grey
+        if fresh or previous is None or previous.shape != grey.shape:
+            return None
+        change = cv2.absdiff(grey, previous).astype(np.float32) * np.float32(1 / self.motion_levels)
+        # Spread it a little: the edge of a moving person moves into pixels that were still a frame ago.
+        change = cv2.dilate(np.minimum(change, 1), np.ones((3, 3), np.uint8))
+        return cv2.resize(change, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def flicker(masks: Iterable[np.ndarray]) -> float:

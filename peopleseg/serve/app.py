@@ -447,7 +447,7 @@ async def _stream_frame(
     batched = await _submit(batcher, metrics, image)
 
     def follow_and_encode() -> dict[str, Any]:
-        result = segmenter.follow(batched.result, smoother, tracker)
+        result = segmenter.follow(batched.result, smoother, tracker, image=image)
         height, width = result.mask.shape
         mask = base64.b64encode(encode_png(result.person_mask.view(np.uint8) * np.uint8(255))).decode("ascii")
         return {
