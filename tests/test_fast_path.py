@@ -143,3 +143,15 @@ def test_busy_wait_off_gets_its_own_sessions_with_the_same_answers(tmp_path, cac
     segmenter.backend.busy_wait = False  # what video pipelines do while they run
     np.testing.assert_array_equal(segmenter.predict_proba(image), spinning)
     assert set(segmenter.backend._sessions) == {(1, True), (1, False)}
+
+
+def test_a_failing_quantiser_is_one_clear_error(tmp_path, cache, monkeypatch) -> None:
+    from peopleseg.errors import ModelError
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported node\nwith a long trace")
+
+    monkeypatch.setattr("onnxruntime.quantization.quantize_dynamic", broken)
+    with pytest.raises(ModelError, match=r"INT8 quantisation of the fast graph failed \(unsupported node\); use"):
+        fast_onnx(_weights(tmp_path))
+    assert not list((cache / "onnx").glob("*.onnx"))  # nothing half-written is left to be reused

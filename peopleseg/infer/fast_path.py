@@ -78,7 +78,6 @@ def fast_onnx(weights: str | os.PathLike[str], precision: str = "int8") -> Path:
             probe.unlink()
         except OSError:
             continue  # not writable: try the per-process folder
-        log.info("building the fast CPU graph for %s (%s), once; cached at %s", source, precision, target)
         build_fast_onnx(source, target, precision)
         return target
     raise ModelError(f"{source}: no writable folder for the fast CPU graph (set PEOPLESEG_CACHE)")
@@ -92,7 +91,8 @@ def build_fast_onnx(weights: str | os.PathLike[str], target: str | os.PathLike[s
     if precision not in FAST_PRECISIONS:
         raise ConfigError(f"the onnxruntime fast path runs {' or '.join(FAST_PRECISIONS)}, not '{precision}'")
     source = Path(weights)
-    model = load_model(source)
+    model = load_model(source)  # first, so a bad file is named before anything is announced
+    log.info("building the fast CPU graph for %s (%s), once: %s", source, precision, target)
     with tempfile.TemporaryDirectory(prefix="peopleseg_fast_") as work:
         fp32 = Path(work) / "fp32.onnx"
         # The parity check runs the ONNX against the unrewritten model: a rewrite bug can never reach a user.
@@ -103,7 +103,14 @@ def build_fast_onnx(weights: str | os.PathLike[str], target: str | os.PathLike[s
             if precision == "fp32":
                 shutil.copyfile(fp32, temp)
             else:
-                _quantize_weights(fp32, temp)
+                try:
+                    _quantize_weights(fp32, temp)
+                except Exception as exc:  # onnxruntime's quantiser raises assorted types
+                    first = str(exc).splitlines()[0][:200] if str(exc) else exc.__class__.__name__
+                    raise ModelError(
+                        f"{source}: INT8 quantisation of the fast graph failed ({first}); "
+                        "use precision 'fp32' or backend 'torch'"
+                    ) from None
     return Path(target)
 
 
