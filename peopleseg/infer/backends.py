@@ -96,20 +96,12 @@ class OnnxRuntimeBackend:
         if not self.path.is_file():
             raise ModelError(f"{self.path}: no such ONNX file")
         self.device = torch.device(device)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        # Without a memory pattern onnxruntime reuses freed activation blocks instead of planning one block for
-        # them all: B0 at 512x512 held 88 MB instead of 162 MB after a run here, at the same speed.
-        options.enable_mem_pattern = False
         providers = ["CPUExecutionProvider"]
         if self.device.type == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise ModelError("the onnxruntime CUDA provider is not installed (pip install onnxruntime-gpu)")
             providers.insert(0, "CUDAExecutionProvider")
-        self._ort, self._options, self._providers = ort, options, providers
+        self._ort, self._threads, self._providers = ort, threads, providers
         # Between operators, onnxruntime's threads spin (busy-wait) for the next one. Alone, that made B0 10%
         # faster per image here; beside decoding, rendering and encoding on the same cores it cost video 10-20% of
         # its frame rate. So it is on by default, and video pipelines turn it off (`busy_wait = False`) while
@@ -174,10 +166,13 @@ class OnnxRuntimeBackend:
     def _open(self, batch: int | None) -> Any:
         """A session for the current `busy_wait` setting; with `batch`, the symbolic batch axis pinned to it."""
         options = self._ort.SessionOptions()
-        options.graph_optimization_level = self._options.graph_optimization_level
-        options.intra_op_num_threads = self._options.intra_op_num_threads
-        options.inter_op_num_threads = self._options.inter_op_num_threads
-        options.enable_mem_pattern = self._options.enable_mem_pattern
+        options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self._threads:
+            options.intra_op_num_threads = self._threads
+            options.inter_op_num_threads = 1
+        # Without a memory pattern onnxruntime reuses freed activation blocks instead of planning one block for
+        # them all: B0 at 512x512 held 88 MB instead of 162 MB after a run here, at the same speed.
+        options.enable_mem_pattern = False
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.busy_wait else "0")
         if batch is not None and self._batch_axis is not None:
             options.add_free_dimension_override_by_name(self._batch_axis, batch)

@@ -187,10 +187,10 @@ class Segmenter:
             result.person = smoothed
             # Only the person/background decision is smoothed; other classes keep their per-frame labels. With two
             # classes the mask is the stable map itself (boolean-index assignment cost 4 ms a 768x576 frame).
-            person = np.uint8(self.person_index)
             if self.info.num_classes == 2:
                 result.mask = (stable if self.person_index == 1 else ~stable).view(np.uint8).copy()
             else:
+                person = np.uint8(self.person_index)
                 unstable = np.where(result.mask == person, np.uint8(0), result.mask)
                 result.mask = np.where(stable, person, unstable)
         if not people:

@@ -28,6 +28,7 @@ import numpy as np
 
 from peopleseg.atomic import atomic_path
 from peopleseg.errors import DataError
+from peopleseg.infer.sources import codec_threads
 
 # Container format per suffix: the temp file's own suffix (".tmp") says nothing, so the format is named explicitly.
 FORMATS = {
@@ -124,9 +125,8 @@ class VideoWriter:
         if codec in ("libx264", "libx265"):
             # x264's default "medium" preset costs as much CPU as a small model; "veryfast" keeps video real-time.
             codec_options.setdefault("preset", "veryfast")
-            # Its frame threads compete with the model for the same cores: on a 2-core machine one encoder thread
-            # took 30% less CPU per frame than x264's automatic count, at the same size. Bigger machines keep some.
-            codec_options.setdefault("threads", str(max(1, (os.cpu_count() or 1) // 4)))
+            # Its frame threads compete with the model for the same cores (sources.codec_threads).
+            codec_options.setdefault("threads", str(codec_threads()))
             # No look-ahead and no B-frames: at 1080p x264's look-ahead held 173 MB against 45 MB, which decides
             # whether `peopleseg infer` on 1080p fits in 1 GB. Files come out about 40% bigger at about the same
             # CPU; options={"tune": "film"} (any other tune) trades back.

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from peopleseg.argtypes import positive_int
-from peopleseg.errors import ConfigError, PeoplesegError
+from peopleseg.errors import ConfigError
 from peopleseg.serve.config import CONFIG_ENV, PRECISIONS, ServeConfig, env_name, load_serve_config, read_keys_file
 
 DESCRIPTION = (
@@ -159,17 +159,10 @@ def _float(text: str) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m peopleseg.serve.command [flags]`: the serve command on its own, with the CLI's error handling."""
-    parser = argparse.ArgumentParser(prog="peopleseg")
-    add_serve_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.run(args) or 0)
-    except PeoplesegError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    """`python -m peopleseg.serve.command [flags]`: `peopleseg serve [flags]`, through the CLI's own runner."""
+    from peopleseg.cli import main as cli_main
+
+    return cli_main(["serve", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
