@@ -168,3 +168,15 @@ def test_train_on_coco_annotations(people, tmp_path) -> None:
     items += [f"data.train.coco={coco}", "data.train.masks=null"]
     summary = train(load_config(TrainConfig, None, items), progress=False)
     assert summary.steps == 4 and summary.last_weights.exists()
+
+
+def test_init_from_weights_trains_with_dropout_and_batch_norm_on(people, tmp_path) -> None:
+    from peopleseg.engine.train import build_training_model
+    from peopleseg.models import build_model, save_model
+
+    weights = tmp_path / "start.safetensors"
+    save_model(build_model("segformer_b0", num_classes=2), weights)
+    config = load_config(TrainConfig, None, overrides(people, tmp_path / "run", 2, **{"model.init": weights}))
+    model = build_training_model(config)
+    # load_model hands weights back ready for inference (eval mode); Lightning would keep that mode.
+    assert model.training and all(module.training for module in model.modules())

