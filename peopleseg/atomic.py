@@ -24,6 +24,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.chmod(temp, 0o666 & ~umask)
     try:
         yield temp
+        # Again: some writers replace the file they are given with one of their own (safetensors' save_file
+        # writes a new 0600 file), which would leave saved weights readable by their owner only.
+        os.chmod(temp, 0o666 & ~umask)
         os.replace(temp, target)
     finally:
         temp.unlink(missing_ok=True)

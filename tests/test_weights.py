@@ -253,3 +253,17 @@ def test_tao_fan_hybrid_checkpoint(tmp_path) -> None:
     model, report = load_model_with_report(path)
     assert model.info.arch == "segformer_fan_tiny_hybrid" and report.clean
     _same_outputs(fan, model)
+
+
+def test_saved_weights_get_the_permissions_of_a_plain_file(tmp_path) -> None:
+    # The atomic write's temp file is private, and safetensors writes its own private file: the saved weights
+    # must still be readable by the group and others, as the umask says (a server running as another user).
+    import os
+
+    old = os.umask(0o022)
+    try:
+        save_model(build_model("segformer_b0", num_classes=2), tmp_path / "model.safetensors")
+    finally:
+        os.umask(old)
+    for name in ("model.safetensors", "model.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
