@@ -18,14 +18,12 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(handle)
     temp = Path(temp_name)
-    # mkstemp makes the file private (0600); give the result the permissions a plain open() would.
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(temp, 0o666 & ~umask)
     try:
         yield temp
-        # Again: some writers replace the file they are given with one of their own (safetensors' save_file
-        # writes a new 0600 file), which would leave saved weights readable by their owner only.
+        # mkstemp makes the file private (0600), and some writers replace it with a private file of their own
+        # (safetensors' save_file): give the result the permissions a plain open() would, just before it appears.
         os.chmod(temp, 0o666 & ~umask)
         os.replace(temp, target)
     finally:

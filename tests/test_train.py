@@ -17,10 +17,10 @@ from synthetic import write_people_dataset
 
 from peopleseg.cli import main
 from peopleseg.config import load_config
-from peopleseg.engine.train import train
+from peopleseg.engine.train import build_training_model, train
 from peopleseg.engine.train_config import TrainConfig
 from peopleseg.errors import ConfigError
-from peopleseg.models import load_model
+from peopleseg.models import build_model, load_model, save_model
 
 
 @pytest.fixture(scope="module")
@@ -171,9 +171,6 @@ def test_train_on_coco_annotations(people, tmp_path) -> None:
 
 
 def test_init_from_weights_trains_with_dropout_and_batch_norm_on(people, tmp_path) -> None:
-    from peopleseg.engine.train import build_training_model
-    from peopleseg.models import build_model, save_model
-
     weights = tmp_path / "start.safetensors"
     save_model(build_model("segformer_b0", num_classes=2), weights)
     config = load_config(TrainConfig, None, overrides(people, tmp_path / "run", 2, **{"model.init": weights}))

@@ -136,6 +136,7 @@ class VideoWriter:
         stream.width = self.output_width
         stream.height = self.output_height
         stream.pix_fmt = pixel_format
+        self._yuv420 = pixel_format == "yuv420p"  # frames then go in already converted (see `write`)
         if codec not in CRF_CODECS:
             stream.bit_rate = _bit_rate(self.output_width, self.output_height, self.fps)
         self._video = stream
@@ -203,13 +204,13 @@ class VideoWriter:
         pad_h, pad_w = self.output_height - self.height, self.output_width - self.width
         if pad_h or pad_w:
             image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-        if self._video.pix_fmt == "yuv420p":
+        image = np.ascontiguousarray(image)
+        if self._yuv420:
             # OpenCV's SIMD conversion, then a plain copy into the frame: 0.3 ms a 768x576 frame, against 2.8 ms for
             # an RGB frame that the encoder converts with swscale. Both use the BT.601 limited-range matrix.
-            planes = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2YUV_I420)
-            frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+            frame = av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
         else:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
         frame.pts = self.frames_written
         frame.time_base = self._time_base
         try:
