@@ -137,6 +137,15 @@ def test_cli_truncated_video_is_reported_not_fatal(tmp_path, capsys) -> None:
     assert code == 1 and "skipped" in err and "Traceback" not in err
 
 
+def test_video_without_a_readable_frame_writes_no_video(tmp_path, capsys) -> None:
+    clip = make_video(tmp_path / "cut.mp4", frames=20, size=(96, 64), noise=True)
+    clip.write_bytes(clip.read_bytes()[:2000])  # the header survives, no frame does
+    code = main(["infer", str(clip), "-o", str(tmp_path / "out"), "--output", "blur", "-m", "segformer_b0", "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "skipped" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "cut_blur.mp4").exists() and "cut_blur.mp4" not in err
+
+
 def test_cli_bad_video_path_and_options(tmp_path) -> None:
     assert main(["infer", str(tmp_path / "nope.mp4"), "-o", str(tmp_path)]) == 1
     with pytest.raises(SystemExit):

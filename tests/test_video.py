@@ -448,6 +448,9 @@ def test_writer_bad_frame_abort_and_bad_path(tmp_path: Path) -> None:
     writer.write(np.zeros((H, W, 3), np.uint8))
     writer.abort()
     assert not aborted.exists() and leftovers(tmp_path) == []
+    with VideoWriter(tmp_path / "empty.mp4", FPS, W, H):
+        pass  # no frame: nothing to play, so no file
+    assert not (tmp_path / "empty.mp4").exists() and leftovers(tmp_path) == []
     with pytest.raises(DataError, match=r"clip\.xyz: unknown video suffix"):
         VideoWriter(tmp_path / "clip.xyz", FPS, W, H)
     with pytest.raises(DataError, match=r"gone\.mp4: no such file"):

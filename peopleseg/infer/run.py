@@ -303,6 +303,8 @@ def _segment_video(
             description=stem,
         )
     summary.frames, summary.fps = stats.frames, stats.fps
+    # A video writer that got no frame leaves no file (video_writer.py): list only what is there.
+    summary.written = [path for path in summary.written if path.exists()]
     if skipped:
         summary.failed += [f"{spec}: frame {i}" for i in skipped]
     return summary

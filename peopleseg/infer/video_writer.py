@@ -2,7 +2,7 @@
 
 The file is written beside the target and renamed into place when the writer closes. Leaving the `with` block on an
 exception (Ctrl-C included) still finalises what was written: the encoder is flushed and the trailer written, so the
-output plays. `abort()` discards it instead.
+output plays. `abort()` discards it instead, and a writer closed without a frame leaves no file.
 
 Odd sizes: yuv420p stores colour at half resolution, so libx264 refuses odd widths and heights. Frames are padded by
 one row and/or column, repeating the edge pixels, to the next even size (`output_width`, `output_height`); nothing is
@@ -261,6 +261,10 @@ class VideoWriter:
         if self._closed:
             return
         self._closed = True
+        if self.frames_written == 0:
+            # Nothing to play (a source with no readable frame): FFmpeg would leave an empty, unplayable file.
+            self._discard()
+            return
         try:
             self._pump_audio(self.frames_written / self.fps)
             for packet in self._video.encode(None):
