@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from peopleseg.infer.run import VIDEO_SIDE_NICENESS
+
 
 def make_clip(path: Path, frames: int = 48, size: tuple[int, int] = (768, 576)) -> Path:
     from peopleseg.infer.video_writer import VideoWriter
@@ -46,6 +48,12 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=48, help="frames per end-to-end round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--output", default="blur", help="what the end-to-end run writes (default blur)")
+    parser.add_argument(
+        "--baseline-niceness",
+        type=int,
+        help="also run end to end with the decode and render/encode threads at this many nice levels below the model "
+        f"(the default is {VIDEO_SIDE_NICENESS}; 0 runs them level with it), and give the ratio",
+    )
     args = parser.parse_args()
 
     from peopleseg import Segmenter
@@ -70,6 +78,7 @@ def main() -> None:
     inference_fps: dict[bool | None, list[float]] = {mode: [] for mode in modes}
     api_fps = []  # the Segmenter on the decoded frames: the model plus its pre- and post-processing
     e2e_fps = []
+    baseline_fps = []  # end to end with --baseline-niceness
     for _ in range(args.rounds):
         if modes[0] is not None:
             segmenter.backend.busy_wait = False
@@ -92,6 +101,18 @@ def main() -> None:
             segmenter, video, work / "out", [args.output], batch_size=args.batch, max_frames=args.frames, progress=False
         )
         e2e_fps.append(stats.fps)
+        if args.baseline_niceness is not None:
+            stats = segment_video(
+                segmenter,
+                video,
+                work / "out",
+                [args.output],
+                batch_size=args.batch,
+                max_frames=args.frames,
+                progress=False,
+                side_niceness=args.baseline_niceness,
+            )
+            baseline_fps.append(stats.fps)
 
     print(
         f"model {args.model}, backend {segmenter.backend.name}, batch {args.batch}, threads {args.threads}, "
@@ -109,13 +130,18 @@ def main() -> None:
     }
     rows = [(names[mode], inference_fps[mode]) for mode in modes]
     rows.append(("Segmenter.segment_batch on the decoded frames (model + pre/post)", api_fps))
+    if baseline_fps:
+        rows.append((f"video end to end, decode and render/encode at nice +{args.baseline_niceness}", baseline_fps))
     for name, fps in rows:
         ratios = [e2e / other for e2e, other in zip(e2e_fps, fps, strict=True)]
         print(
             f"| {name} | {statistics.median(fps):.2f} | {statistics.median(ratios):.2f} | "
             f"{min(ratios):.2f}–{max(ratios):.2f} |"
         )
-    print(f"| video end to end (decode … {args.output} … encode) | {statistics.median(e2e_fps):.2f} | 1.00 | |")
+    print(
+        f"| video end to end (decode … {args.output} … encode), side threads at nice +{VIDEO_SIDE_NICENESS} | "
+        f"{statistics.median(e2e_fps):.2f} | 1.00 | |"
+    )
 
 
 if __name__ == "__main__":

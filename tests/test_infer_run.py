@@ -2,6 +2,9 @@
 mask sequences and per-frame JSONL; bad inputs are reported and skipped, never fatal to the rest."""
 
 import json
+import os
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -103,6 +106,29 @@ def test_virtual_camera_source(segmenter, tmp_path) -> None:
     summary = segment_video(segmenter, spec, tmp_path, ["overlay"], max_frames=6, progress=False)
     assert summary.frames == 6
     assert probe(tmp_path / "lavfi_testsrc_size_128x96_rate_5_overlay.mp4")["frames"] == 6
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_video_renders_below_the_models_priority(segmenter, talking_clip, tmp_path, monkeypatch) -> None:
+    import peopleseg.infer.run as run
+
+    def niceness() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    seen: set[int] = set()
+    real_render = run.render
+
+    def render(image, result, kind):
+        seen.add(niceness())
+        return real_render(image, result, kind)
+
+    monkeypatch.setattr(run, "render", render)
+    caller = niceness()
+    segment_video(segmenter, talking_clip, tmp_path / "a", ["overlay"], max_frames=3, progress=False)
+    assert seen == {min(19, caller + run.VIDEO_SIDE_NICENESS)}
+    seen.clear()
+    segment_video(segmenter, talking_clip, tmp_path / "b", ["overlay"], max_frames=3, progress=False, side_niceness=0)
+    assert seen == {caller}
 
 
 def test_smoothing_reduces_flicker_on_a_still_scene(tmp_path) -> None:

@@ -12,7 +12,9 @@ are the caller's.
 
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -112,11 +114,17 @@ def run_pipeline(
     progress: bool = True,
     total: int | None = None,
     description: str = "frames",
+    side_niceness: int = 0,
 ) -> PipelineStats:
     """Run every frame through `process_batch` in batches of `batch_size` and hand each result to `consume`, in order.
 
     Batches are full except the last. `total` (default: `frames.frame_count` when the source knows it) sizes the
     progress bar, which is drawn only when `progress` is true and the console is a terminal.
+
+    `side_niceness` > 0 lowers the scheduling priority of the decode and consume threads (and of the codec threads
+    they start) by that many nice levels, where the OS allows it per thread (Linux). When the model has every core,
+    an equal-priority encoder that preempts one of its threads stalls the other at the next barrier; at a lower
+    priority the side stages run in the model's idle moments and between its operators instead.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -179,8 +187,10 @@ def run_pipeline(
             counts["frames"] += 1
             bar.advance(task)
 
-    def stage(target: Callable[[], None]) -> Callable[[], None]:
+    def stage(target: Callable[[], None], niceness: int = 0) -> Callable[[], None]:
         def body() -> None:
+            if niceness > 0:
+                _lower_priority(niceness)
             try:
                 target()
             except _Stop:
@@ -191,8 +201,12 @@ def run_pipeline(
         return body
 
     threads = [
-        threading.Thread(target=stage(fn), name=f"peopleseg-{name}", daemon=True)
-        for name, fn in (("decode", decode), ("process", process), ("consume", consume_all))
+        threading.Thread(target=stage(fn, niceness), name=f"peopleseg-{name}", daemon=True)
+        for name, fn, niceness in (
+            ("decode", decode, side_niceness),
+            ("process", process, 0),
+            ("consume", consume_all, side_niceness),
+        )
     ]
     start = time.perf_counter()
     try:
@@ -213,6 +227,18 @@ def run_pipeline(
     seconds = time.perf_counter() - start
     frames_done = counts["frames"]
     return PipelineStats(frames_done, seconds, frames_done / seconds if seconds > 0 else 0.0, counts["batches"])
+
+
+def _lower_priority(niceness: int) -> None:
+    """Raise the calling thread's nice value by `niceness` (Linux keeps one per thread). Elsewhere, or where the OS
+    refuses, the thread keeps its priority: only the scheduling changes, never the results."""
+    if not sys.platform.startswith("linux"):
+        return  # macOS and the BSDs would renice the whole process; Windows has no setpriority
+    try:
+        thread_id = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, thread_id, os.getpriority(os.PRIO_PROCESS, thread_id) + niceness)
+    except OSError:
+        pass
 
 
 def _join(threads: list[threading.Thread]) -> None:
