@@ -11,6 +11,10 @@ so `peopleseg evaluate --subset-from-subfolder` scores against those masks per s
 through --pool (development imagery that is never shipped); the package itself never does.
 
     python scripts/split_default_data.py LABELS OUT --pool ../shared/data/pool
+
+With `--extend NAME` it keeps the split already in OUT and writes OUT/NAME: train.txt plus every sample labelled
+since (not in train.txt or heldout.txt) that passes the same confidence filter. Labels added later (the second half
+of the street photos) then only ever join training, and the held-out split stays the one earlier models were scored on.
 """
 
 from __future__ import annotations
@@ -37,9 +41,13 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--pool", type=Path, required=True, help="../shared/data/pool, for the held-out masks")
     parser.add_argument("--min-street-confidence", type=float, default=0.955)
+    parser.add_argument("--extend", metavar="NAME", help="keep OUT's split; write OUT/NAME = train + new samples")
     args = parser.parse_args()
     records = [json.loads(line) for line in (args.labels / "manifest.jsonl").read_text().splitlines()]
     records = sorted((r for r in records if "key" in r), key=lambda r: r["key"])
+    if args.extend:
+        extend(records, args.out, args.extend, args.min_street_confidence)
+        return
     counters: dict[str, int] = {}
     train, heldout, dropped = [], [], 0
     for record in records:
@@ -48,7 +56,7 @@ def main() -> None:
         line = record["image"].removeprefix("images/")
         if held_out(record["key"], index):
             heldout.append(line)
-        elif source.startswith("shanghaitech") and record["confidence"] < args.min_street_confidence:
+        elif unsure_street(record, args.min_street_confidence):
             dropped += 1
         else:
             train.append(line)
@@ -72,6 +80,20 @@ def main() -> None:
                 os.symlink(target.resolve(), link)
         linked += 1
     print(f"train {len(train)}, held out {len(heldout)} ({linked} with dataset masks), dropped {dropped} unsure")
+
+
+def unsure_street(record: dict, min_confidence: float) -> bool:
+    return record["key"].startswith("shanghaitech") and record["confidence"] < min_confidence
+
+
+def extend(records: list[dict], out: Path, name: str, min_confidence: float) -> None:
+    train = (out / "train.txt").read_text().split()
+    known = set(train) | set((out / "heldout.txt").read_text().split())
+    new = [r for r in records if r["image"].removeprefix("images/") not in known]
+    kept = [r["image"].removeprefix("images/") for r in new if not unsure_street(r, min_confidence)]
+    (out / name).write_text("\n".join(train + kept) + "\n")
+    dropped = len(new) - len(kept)
+    print(f"{name}: train {len(train)} + {len(kept)} new = {len(train) + len(kept)}, dropped {dropped} unsure")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ moving average of the probabilities and a hysteresis threshold; `flicker` measur
 
 Averaging over time lags behind anything that moves. On real footage of walking people (the default model on
 tests/data/vtest_clip.mp4, scored against RVM's labels of the same frames) a plain average cut the person IoU from
-0.67 to 0.44: the masks trailed behind the walkers and lost their legs. So when it is given the frames themselves,
+0.67 to 0.46: the masks trailed behind the walkers and lost their legs. So when it is given the frames themselves,
 the smoother averages only where the picture stands still, and takes each new frame as it is where it changed.
 """
 
