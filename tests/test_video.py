@@ -7,6 +7,7 @@ import functools
 import http.server
 import itertools
 import os
+import signal
 import socket
 import sys
 import threading
@@ -569,6 +570,16 @@ def test_pipeline_rejects_wrong_result_count() -> None:
         run_pipeline(numbered(4), lambda b: [0], lambda f, r: None, batch_size=2, progress=False)
 
 
+@pytest.fixture
+def python_sigint() -> Iterator[None]:
+    """Python's own Ctrl-C handler for the test. A shell starts background jobs with SIGINT ignored, and then
+    `_thread.interrupt_main()` does nothing, so a test that stops an endless source with it would never end."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("python_sigint")
 def test_ctrl_c_mid_pipeline_leaves_a_playable_video(tmp_path: Path) -> None:
     """End to end: a virtual camera through the pipeline into a writer; Ctrl-C after 6 frames keeps a valid file."""
     out = tmp_path / "live.mp4"
