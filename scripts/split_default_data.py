@@ -53,7 +53,7 @@ def main() -> None:
     for record in records:
         source = record["key"].split("/", 1)[0]
         index = counters[source] = counters.get(source, -1) + 1
-        line = record["image"].removeprefix("images/")
+        line = list_line(record)
         if held_out(record["key"], index):
             heldout.append(line)
         elif unsure_street(record, args.min_street_confidence):
@@ -82,6 +82,11 @@ def main() -> None:
     print(f"train {len(train)}, held out {len(heldout)} ({linked} with dataset masks), dropped {dropped} unsure")
 
 
+def list_line(record: dict) -> str:
+    """The record's image path as train.txt and heldout.txt list it (relative to the labels' images folder)."""
+    return record["image"].removeprefix("images/")
+
+
 def unsure_street(record: dict, min_confidence: float) -> bool:
     return record["key"].startswith("shanghaitech") and record["confidence"] < min_confidence
 
@@ -89,8 +94,8 @@ def unsure_street(record: dict, min_confidence: float) -> bool:
 def extend(records: list[dict], out: Path, name: str, min_confidence: float) -> None:
     train = (out / "train.txt").read_text().split()
     known = set(train) | set((out / "heldout.txt").read_text().split())
-    new = [r for r in records if r["image"].removeprefix("images/") not in known]
-    kept = [r["image"].removeprefix("images/") for r in new if not unsure_street(r, min_confidence)]
+    new = [r for r in records if list_line(r) not in known]
+    kept = [list_line(r) for r in new if not unsure_street(r, min_confidence)]
     (out / name).write_text("\n".join(train + kept) + "\n")
     dropped = len(new) - len(kept)
     print(f"{name}: train {len(train)} + {len(kept)} new = {len(train) + len(kept)}, dropped {dropped} unsure")

@@ -2,9 +2,7 @@
 mask sequences and per-frame JSONL; bad inputs are reported and skipped, never fatal to the rest."""
 
 import json
-import os
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from peopleseg.errors import ConfigError, DataError
 from peopleseg.infer.run import expand_inputs, parse_outputs, segment_images, segment_video, stream_stem
 
 av = pytest.importorskip("av")
-from test_video import make_video, probe  # noqa: E402
+from test_video import make_video, probe, thread_niceness  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -112,18 +110,15 @@ def test_virtual_camera_source(segmenter, tmp_path) -> None:
 def test_video_renders_below_the_models_priority(segmenter, talking_clip, tmp_path, monkeypatch) -> None:
     import peopleseg.infer.run as run
 
-    def niceness() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
     seen: set[int] = set()
     real_render = run.render
 
     def render(image, result, kind):
-        seen.add(niceness())
+        seen.add(thread_niceness())
         return real_render(image, result, kind)
 
     monkeypatch.setattr(run, "render", render)
-    caller = niceness()
+    caller = thread_niceness()
     segment_video(segmenter, talking_clip, tmp_path / "a", ["overlay"], max_frames=3, progress=False)
     assert seen == {min(19, caller + run.VIDEO_SIDE_NICENESS)}
     seen.clear()

@@ -506,28 +506,30 @@ def test_pipeline_back_pressure_bounds_frames_in_flight() -> None:
     assert peak <= 2 * queue_size + batch_size + 2
 
 
+def thread_niceness() -> int:
+    """The calling thread's own nice value (Linux keeps one per thread)."""
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are Linux's")
 def test_pipeline_runs_decode_and_consume_at_lower_priority_than_the_model() -> None:
-    def niceness() -> int:
-        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-
     seen: dict[str, set[int]] = {"decode": set(), "process": set(), "consume": set()}
 
     def frames() -> Iterator[Frame]:
         for frame in numbered(6):
-            seen["decode"].add(niceness())
+            seen["decode"].add(thread_niceness())
             yield frame
 
     def process(batch: list[Frame]) -> list[int]:
-        seen["process"].add(niceness())
+        seen["process"].add(thread_niceness())
         return [0] * len(batch)
 
-    caller = niceness()
-    run_pipeline(frames(), process, lambda f, r: seen["consume"].add(niceness()), batch_size=2, side_niceness=5)
+    caller = thread_niceness()
+    run_pipeline(frames(), process, lambda f, r: seen["consume"].add(thread_niceness()), batch_size=2, side_niceness=5)
     assert seen["process"] == {caller}  # the model keeps the caller's priority
     expected = min(19, caller + 5)
     assert seen["decode"] == {expected} and seen["consume"] == {expected}
-    assert niceness() == caller  # the caller's own thread is untouched
+    assert thread_niceness() == caller  # the caller's own thread is untouched
 
 
 def assert_stops_fast(exc_type: type[BaseException], **kwargs: object) -> None:

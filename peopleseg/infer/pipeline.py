@@ -187,7 +187,7 @@ def run_pipeline(
             counts["frames"] += 1
             bar.advance(task)
 
-    def stage(target: Callable[[], None], niceness: int = 0) -> Callable[[], None]:
+    def stage(target: Callable[[], None], niceness: int) -> Callable[[], None]:
         def body() -> None:
             if niceness > 0:
                 _lower_priority(niceness)
