@@ -90,7 +90,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
         failed += summary.failed
-        names = ", ".join(str(p) for p in summary.written)
+        names = ", ".join(str(p) for p in summary.written) or "nothing written"
         print(f"{spec}: {summary.frames} frames at {summary.fps:.1f} FPS -> {names}")
     if failed:
         print(f"error: {len(failed)} input(s) or frame(s) could not be read and were skipped", file=sys.stderr)

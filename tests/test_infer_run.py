@@ -161,10 +161,17 @@ def test_cli_truncated_video_is_reported_not_fatal(tmp_path, capsys) -> None:
 def test_video_without_a_readable_frame_writes_no_video(tmp_path, capsys) -> None:
     clip = make_video(tmp_path / "cut.mp4", frames=20, size=(96, 64), noise=True)
     clip.write_bytes(clip.read_bytes()[:2000])  # the header survives, no frame does
-    code = main(["infer", str(clip), "-o", str(tmp_path / "out"), "--output", "blur", "-m", "segformer_b0", "-q"])
-    err = capsys.readouterr().err
+    out = tmp_path / "out"
+    code = main(["infer", str(clip), "-o", str(out), "--output", "blur,mask", "-m", "segformer_b0", "-q"])
+    captured = capsys.readouterr()
+    err = captured.err
     assert code == 1 and "skipped" in err and "Traceback" not in err
-    assert not (tmp_path / "out" / "cut_blur.mp4").exists() and "cut_blur.mp4" not in err
+    assert not (out / "cut_blur.mp4").exists() and "cut_blur.mp4" not in err
+    assert not (out / "cut_masks").exists() and "cut_masks" not in err  # no empty frame folder either
+    assert "0 frames at 0.0 FPS -> nothing written" in captured.out
+    (out / "cut_masks").mkdir()  # a folder that was there before is the user's: it stays
+    main(["infer", str(clip), "-o", str(out), "--output", "mask", "-m", "segformer_b0", "-q"])
+    assert (out / "cut_masks").is_dir()
 
 
 def test_cli_bad_video_path_and_options(tmp_path) -> None:

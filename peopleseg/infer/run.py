@@ -280,9 +280,12 @@ def _segment_video(
                 )
                 summary.written.append(target)
         frame_dirs = {}
+        new_dirs = []  # frame folders this run made: left empty (no readable frame), they are removed again
         for kind, folder in (("mask", "masks"), ("cutout", "cutouts")):
             if kind in outputs:
                 frame_dirs[kind] = out_dir / f"{stem}_{folder}"
+                if not frame_dirs[kind].exists():
+                    new_dirs.append(frame_dirs[kind])
                 frame_dirs[kind].mkdir(parents=True, exist_ok=True)
                 summary.written.append(frame_dirs[kind])
         jsonl = None
@@ -322,7 +325,11 @@ def _segment_video(
             side_niceness=side_niceness,
         )
     summary.frames, summary.fps = stats.frames, stats.fps
-    # A video writer that got no frame leaves no file (video_writer.py): list only what is there.
+    # A video writer that got no frame leaves no file (video_writer.py), and neither does a frame folder: list only
+    # what is there.
+    for folder in new_dirs:
+        if not any(folder.iterdir()):
+            folder.rmdir()
     summary.written = [path for path in summary.written if path.exists()]
     if skipped:
         summary.failed += [f"{spec}: frame {i}" for i in skipped]
