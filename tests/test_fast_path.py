@@ -55,6 +55,28 @@ def test_a_weights_file_on_cpu_runs_the_cached_int8_graph(tmp_path, cache, data_
         np.testing.assert_allclose(fast.predict_proba(path), exact.predict_proba(path), atol=0.1)
 
 
+def test_the_fast_graph_fuses_attention_and_upsamples_channel_last(tmp_path, cache) -> None:
+    graph = onnx.load(str(fast_onnx(_weights(tmp_path), "fp32"))).graph
+    fused = [node for node in graph.node if node.op_type == "MultiHeadAttention"]
+    assert len(fused) == 8 and all(node.domain == "com.microsoft" for node in fused)  # B0: 2 blocks x 4 stages
+    assert not any(node.op_type == "Softmax" for node in graph.node)
+    # The decoder upsamples channel-last maps: after onnxruntime's own optimisation no Transpose is left around
+    # its three Resizes (channel-first, each would cost about 5x more).
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(fast_onnx(_weights(tmp_path), "fp32")), options, providers=["CPUExecutionProvider"])
+    optimised = onnx.load(options.optimized_model_filepath).graph
+    producer = {output: node for node in optimised.node for output in node.output}
+    resizes = [node for node in optimised.node if node.op_type == "Resize"]
+    assert len(resizes) == 3
+    assert all(producer[node.input[0]].op_type != "Transpose" for node in resizes)
+    resized = {node.output[0] for node in resizes}
+    assert not any(node.op_type == "Transpose" and node.input[0] in resized for node in optimised.node)
+
+
 def test_fp32_fast_path_matches_torch_closely(tmp_path, cache) -> None:
     weights = _weights(tmp_path)
     fast = Segmenter(weights, precision="fp32")

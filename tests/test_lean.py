@@ -5,7 +5,7 @@ import torch
 from conftest import randomise_batchnorm
 
 from peopleseg.models import build_model
-from peopleseg.models.lean import ChannelFirstMixFFN, SingleHeadAttention, lean_network
+from peopleseg.models.lean import ChannelFirstMixFFN, FusedAttention, lean_network
 
 
 @pytest.mark.parametrize("name", ["segformer_b0", "segformer_b1"])
@@ -19,22 +19,21 @@ def test_lean_logits_equal_the_model(name: str, stages: tuple[int, ...]) -> None
         torch.testing.assert_close(lean(pixels), model(pixels), atol=1e-4, rtol=1e-4)
     rewritten = [m for m in lean.modules() if isinstance(m, ChannelFirstMixFFN)]
     assert len(rewritten) == 2 * len(stages)  # B0 and B1 have two blocks per stage
-    # Only stage 1 has a single head (1, 2, 5, 8): its two blocks lose the head axis, the others keep it.
-    assert len([m for m in lean.modules() if isinstance(m, SingleHeadAttention)]) == 2
+    assert len([m for m in lean.modules() if isinstance(m, FusedAttention)]) == 8  # every block, 1 to 8 heads
 
 
 def test_lean_leaves_the_model_alone() -> None:
     model = build_model("segformer_b0").eval()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     lean_network(model)
-    assert not any(isinstance(m, (ChannelFirstMixFFN, SingleHeadAttention)) for m in model.modules())
+    assert not any(isinstance(m, (ChannelFirstMixFFN, FusedAttention)) for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_lean_keeps_other_encoders_exact() -> None:
     model = build_model("segformer_fan_tiny_hybrid").eval()
     lean = lean_network(model)
-    assert not any(isinstance(m, (ChannelFirstMixFFN, SingleHeadAttention)) for m in lean.modules())
+    assert not any(isinstance(m, (ChannelFirstMixFFN, FusedAttention)) for m in lean.modules())
     pixels = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(lean(pixels), model(pixels), atol=1e-4, rtol=1e-4)

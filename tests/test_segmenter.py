@@ -135,3 +135,30 @@ def test_multiclass_argmax_matches_torch() -> None:
     scores = torch.rand(4, 30, 40)
     scores[2, :5] = scores[1, :5] = 2.0  # ties: the first maximum wins, as in torch.argmax
     assert torch.equal(_argmax_channels(scores).long(), scores.argmax(0))
+
+
+class _ThreadRecordingBackend:
+    """A stand-in backend that records how many threads torch had while the Segmenter ran it."""
+
+    def __init__(self, name: str, info: ModelInfo) -> None:
+        self.name, self.info, self.output_kind, self.seen = name, info, "logits", []
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        self.seen.append(torch.get_num_threads())
+        return torch.zeros(pixels.shape[0], 2, pixels.shape[2] // 4, pixels.shape[3] // 4)
+
+
+@pytest.mark.parametrize(("backend_name", "threads_inside"), [("onnxruntime", 1), ("tensorrt", 1), ("torch", 2)])
+def test_torch_runs_one_thread_beside_another_backend(backend_name: str, threads_inside: int) -> None:
+    # torch's spinning OpenMP workers slowed onnxruntime (and it them) by 1.4x on 2 cores: beside another
+    # backend torch pre- and post-processes on one thread, then gets its threads back.
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        backend = _ThreadRecordingBackend(backend_name, ModelInfo(arch="stub", input_size=(64, 64)))
+        segmenter = Segmenter(build_model("segformer_b0"), backend=backend)  # type: ignore[arg-type]
+        segmenter.predict(np.zeros((40, 30, 3), np.uint8))
+        assert backend.seen == [threads_inside]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

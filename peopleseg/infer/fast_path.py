@@ -24,7 +24,7 @@ from peopleseg.atomic import atomic_path
 from peopleseg.errors import ConfigError, ModelError
 
 # Bump when the rewrite, the export or the quantisation changes: old cache entries are then never reused.
-RECIPE = "lean1-cf12-dq8pc"
+RECIPE = "lean2-cf12-mha-clhead-dq8pc"
 FAST_PRECISIONS = ("fp32", "int8")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tlt")
 

@@ -22,7 +22,7 @@ import numpy as np
 from peopleseg.atomic import atomic_open
 from peopleseg.data.image_io import IMAGE_SUFFIXES, read_image, write_image
 from peopleseg.errors import ConfigError, DataError, PeoplesegError
-from peopleseg.infer.segmenter import SegmentationResult, Segmenter
+from peopleseg.infer.segmenter import SegmentationResult, Segmenter, torch_threads_beside
 
 OUTPUTS = ("mask", "overlay", "cutout", "blur", "pixelate-people", "json")
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
@@ -199,7 +199,6 @@ def segment_video(
     Decoding and rendering/encoding run `side_niceness` nice levels below the model (Linux; 0 keeps them level).
     """
     import cv2
-    import torch
 
     out_dir = Path(out_dir)
     report = report or _stderr
@@ -213,27 +212,24 @@ def segment_video(
         segmenter.backend.busy_wait = False  # type: ignore[attr-defined]
     # With another backend, torch only pre- and post-processes small maps: one thread does it, and the idle
     # OpenMP workers no longer spin beside the model (7% more frames per second here).
-    torch_threads = torch.get_num_threads()
-    if segmenter.backend.name != "torch":
-        torch.set_num_threads(1)
     try:
-        return _segment_video(
-            segmenter,
-            spec,
-            out_dir,
-            outputs,
-            batch_size,
-            smoothing,
-            alpha,
-            max_frames,
-            progress,
-            report,
-            stem,
-            side_niceness,
-        )
+        with torch_threads_beside(segmenter.backend):
+            return _segment_video(
+                segmenter,
+                spec,
+                out_dir,
+                outputs,
+                batch_size,
+                smoothing,
+                alpha,
+                max_frames,
+                progress,
+                report,
+                stem,
+                side_niceness,
+            )
     finally:
         cv2.setNumThreads(cv_threads)
-        torch.set_num_threads(torch_threads)
         if busy_wait is not None:
             segmenter.backend.busy_wait = busy_wait  # type: ignore[attr-defined]
 
