@@ -2,9 +2,10 @@
 
 Exports the model to fp32 ONNX, quantises it to INT8 (static QDQ, calibrated on `--calib`), converts it to FP16 and
 builds the fast path's graph (the lean rewrite with INT8 weights and dynamically quantised activations, what
-`Segmenter` runs on a CPU), then times the four files on real images in interleaved rounds, after a warm-up, so that all see the same machine
-state. The table gives median and p90 latency of the model alone (preprocessing excluded), images/s, the speed-up
-over fp32, the file size, and the argmax agreement and largest output difference with fp32 on the same images.
+`Segmenter` runs on a CPU), then times the four files on real images in interleaved rounds, after a warm-up, so
+that all see the same machine state. The table gives median and p90 latency of the model alone (preprocessing
+excluded), images/s, the speed-up over fp32, the file size, and the argmax agreement and largest output difference
+with fp32 on the same images.
 
     python benchmarks/int8_speed.py [--model segformer_b0] [--calib tests/data] [--threads 2] [--rounds 10]
 
