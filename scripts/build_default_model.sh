@@ -16,6 +16,15 @@ POOL=$SHARED/pool
 LABELS=$WORK/labels
 stage=${1:-all}
 
+# One training run into $WORK/OUT (configs/default_model.yaml plus ARGS), resumed from its last checkpoint if any.
+train_run() {
+  local out=$1
+  shift
+  local resume=()
+  [[ -f $WORK/$out/checkpoints/last.ckpt ]] && resume=(--resume)
+  (cd "$WORK" && peopleseg train "$REPO/configs/default_model.yaml" --set train.out_dir="$out" "$@" "${resume[@]}")
+}
+
 if [[ $stage == all || $stage == label ]]; then
   # vtest.avi: RVM carries its recurrent state across every frame; every 3rd frame is kept.
   peopleseg autolabel "$SHARED/video/vtest.avi" -o "$LABELS" -t "rvm:$RVM_DIR,ratio=0.5" --video-every 3 -q
@@ -37,20 +46,15 @@ fi
 
 if [[ $stage == all || $stage == train ]]; then
   # SegFormer-B0 from random init on the CPU (about 75 minutes on 2 quiet cores: 1500 steps of 8 crops at 384x384); re-running resumes from last.ckpt.
-  resume=()
-  [[ -f $WORK/runs/default/checkpoints/last.ckpt ]] && resume=(--resume)
-  (cd "$WORK" && peopleseg train "$REPO/configs/default_model.yaml" "${resume[@]}")
+  train_run runs/default
 fi
 
 if [[ $stage == all || $stage == train2 ]]; then
   # Stage 2: the same data and augmentation, continued from stage 1's best weights with a fresh schedule that
   # warms up to 4e-4 and decays to zero over 1,600 steps (stage 1's validation mIoU was still rising when its
   # schedule ran out). About 65 minutes on 2 quiet cores; re-running resumes.
-  resume=()
-  [[ -f $WORK/runs/stage2/checkpoints/last.ckpt ]] && resume=(--resume)
-  (cd "$WORK" && peopleseg train "$REPO/configs/default_model.yaml" --init runs/default/best.safetensors \
-    --set optim.lr=4e-4 --set optim.warmup_steps=50 --set train.max_steps=1600 --set train.val_every=200 \
-    --set train.seed=1 --set train.out_dir=runs/stage2 "${resume[@]}")
+  train_run runs/stage2 --init runs/default/best.safetensors --set optim.lr=4e-4 --set optim.warmup_steps=50 \
+    --set train.max_steps=1600 --set train.val_every=200 --set train.seed=1
 fi
 
 if [[ $stage == all || $stage == label2 ]]; then
@@ -66,24 +70,18 @@ if [[ $stage == all || $stage == split2 ]]; then
 fi
 
 if [[ $stage == all || $stage == train3 ]]; then
-  # Stage 3 (what ships): stage 2's best weights, 1,200 steps on the larger list, warm-up to 4e-4 and linear decay to
+  # Stage 3: stage 2's best weights, 1,200 steps on the larger list, warm-up to 4e-4 and linear decay to
   # zero. About 50 minutes on 2 quiet cores; re-running resumes. (Its folder is runs/stage4: an earlier third run,
   # 700 steps at 2e-4 on the old list, did not ship; see the model card.)
-  resume=()
-  [[ -f $WORK/runs/stage4/checkpoints/last.ckpt ]] && resume=(--resume)
-  (cd "$WORK" && peopleseg train "$REPO/configs/default_model.yaml" --init runs/stage2/best.safetensors \
-    --set data.train.list_file=split/train_more.txt --set optim.lr=4e-4 --set optim.warmup_steps=50 \
-    --set train.max_steps=1200 --set train.val_every=200 --set train.seed=3 --set train.out_dir=runs/stage4 "${resume[@]}")
+  train_run runs/stage4 --init runs/stage2/best.safetensors --set data.train.list_file=split/train_more.txt \
+    --set optim.lr=4e-4 --set optim.warmup_steps=50 --set train.max_steps=1200 --set train.val_every=200 --set train.seed=3
 fi
 
 if [[ $stage == all || $stage == train4 ]]; then
   # Stage 4: stage 3's best weights, 1,200 more steps on the same list, warm-up to 3e-4 and linear decay to zero.
   # About 55 minutes on 2 quiet cores; re-running resumes.
-  resume=()
-  [[ -f $WORK/runs/stage5/checkpoints/last.ckpt ]] && resume=(--resume)
-  (cd "$WORK" && peopleseg train "$REPO/configs/default_model.yaml" --init runs/stage4/best.safetensors \
-    --set data.train.list_file=split/train_more.txt --set optim.lr=3e-4 --set optim.warmup_steps=50 \
-    --set train.max_steps=1200 --set train.val_every=200 --set train.seed=4 --set train.out_dir=runs/stage5 "${resume[@]}")
+  train_run runs/stage5 --init runs/stage4/best.safetensors --set data.train.list_file=split/train_more.txt \
+    --set optim.lr=3e-4 --set optim.warmup_steps=50 --set train.max_steps=1200 --set train.val_every=200 --set train.seed=4
 fi
 
 if [[ $stage == all || $stage == average ]]; then
