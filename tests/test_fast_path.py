@@ -56,7 +56,8 @@ def test_a_weights_file_on_cpu_runs_the_cached_int8_graph(tmp_path, cache, data_
 
 
 def test_the_fast_graph_fuses_attention_and_upsamples_channel_last(tmp_path, cache) -> None:
-    graph = onnx.load(str(fast_onnx(_weights(tmp_path), "fp32"))).graph
+    built = fast_onnx(_weights(tmp_path), "fp32")
+    graph = onnx.load(str(built)).graph
     fused = [node for node in graph.node if node.op_type == "MultiHeadAttention"]
     assert len(fused) == 8 and all(node.domain == "com.microsoft" for node in fused)  # B0: 2 blocks x 4 stages
     assert not any(node.op_type == "Softmax" for node in graph.node)
@@ -67,7 +68,7 @@ def test_the_fast_graph_fuses_attention_and_upsamples_channel_last(tmp_path, cac
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-    ort.InferenceSession(str(fast_onnx(_weights(tmp_path), "fp32")), options, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(str(built), options, providers=["CPUExecutionProvider"])
     optimised = onnx.load(options.optimized_model_filepath).graph
     producer = {output: node for node in optimised.node for output in node.output}
     resizes = [node for node in optimised.node if node.op_type == "Resize"]

@@ -22,7 +22,7 @@ import numpy as np
 from peopleseg.atomic import atomic_open
 from peopleseg.data.image_io import IMAGE_SUFFIXES, read_image, write_image
 from peopleseg.errors import ConfigError, DataError, PeoplesegError
-from peopleseg.infer.segmenter import SegmentationResult, Segmenter, torch_threads_beside
+from peopleseg.infer.segmenter import SegmentationResult, Segmenter
 
 OUTPUTS = ("mask", "overlay", "cutout", "blur", "pixelate-people", "json")
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv"}
@@ -210,24 +210,22 @@ def segment_video(
     busy_wait = getattr(segmenter.backend, "busy_wait", None)
     if busy_wait is not None:
         segmenter.backend.busy_wait = False  # type: ignore[attr-defined]
-    # With another backend, torch only pre- and post-processes small maps: one thread does it, and the idle
-    # OpenMP workers no longer spin beside the model (7% more frames per second here).
+    # torch itself runs on one thread beside onnxruntime inside every Segmenter call (`torch_threads_beside`).
     try:
-        with torch_threads_beside(segmenter.backend):
-            return _segment_video(
-                segmenter,
-                spec,
-                out_dir,
-                outputs,
-                batch_size,
-                smoothing,
-                alpha,
-                max_frames,
-                progress,
-                report,
-                stem,
-                side_niceness,
-            )
+        return _segment_video(
+            segmenter,
+            spec,
+            out_dir,
+            outputs,
+            batch_size,
+            smoothing,
+            alpha,
+            max_frames,
+            progress,
+            report,
+            stem,
+            side_niceness,
+        )
     finally:
         cv2.setNumThreads(cv_threads)
         if busy_wait is not None:

@@ -283,7 +283,8 @@ def torch_threads_beside(backend: Backend) -> Iterator[None]:
     """torch at one thread while it only pre- and post-processes for another backend (onnxruntime, TensorRT).
 
     Its idle OpenMP workers otherwise spin beside onnxruntime's threads, and each slows the other: a photo went
-    from 90 to 60 ms through `predict` on 2 cores here. The torch backend keeps the threads it was given.
+    from 98 to 66 ms through `predict` on 2 cores here (paired rounds). Every call through the Segmenter, video
+    frames included, gets it. The torch backend keeps the threads it was given.
     """
     if backend.name == "torch":
         yield

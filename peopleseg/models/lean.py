@@ -128,8 +128,8 @@ class ChannelLastHead(nn.Module):
     def forward(self, features: list[tuple[torch.Tensor, int, int]]) -> torch.Tensor:
         tokens, height, width = features[0]
         total = self.stages[0](tokens).reshape(tokens.shape[0], height, width, -1)
-        for stage, (tokens, rows, columns) in zip(self.stages[1:], features[1:], strict=True):
-            part = stage(tokens).reshape(tokens.shape[0], rows, columns, -1).permute(0, 3, 1, 2)
+        for stage, (stage_tokens, rows, columns) in zip(self.stages[1:], features[1:], strict=True):
+            part = stage(stage_tokens).reshape(stage_tokens.shape[0], rows, columns, -1).permute(0, 3, 1, 2)
             upsampled = F.interpolate(part, size=(height, width), mode="bilinear", align_corners=False)
             total = total + upsampled.permute(0, 2, 3, 1)
         return self.classifier(torch.relu(total)).permute(0, 3, 1, 2)
@@ -145,16 +145,8 @@ class LeanSegFormer(nn.Module):
         self.info = folded.info
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        features: list[tuple[torch.Tensor, int, int]] = []
-        x = pixels
-        for stage in range(1, 5):
-            x, height, width = getattr(self.backbone, f"patch_embed{stage}")(x)
-            for block in getattr(self.backbone, f"block{stage}"):
-                x = block(x, height, width)
-            tokens = getattr(self.backbone, f"norm{stage}")(x)
-            features.append((tokens, height, width))
-            x = tokens_to_map(tokens, height, width)
-        return self.decode_head(features)
+        stages = self.backbone.stages(pixels)
+        return self.decode_head([(tokens, height, width) for tokens, _, height, width in stages])
 
 
 def lean_network(model: SegFormer, channel_first_stages: tuple[int, ...] = (1, 2)) -> nn.Module:

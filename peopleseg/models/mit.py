@@ -7,6 +7,7 @@ by prefix alone; HF transformers checkpoints go through the key map in `weights.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -88,14 +89,18 @@ class MixVisionTransformer(nn.Module):
         self.apply(_init_weights)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        features = []
+        return [feature_map for _, feature_map, _, _ in self.stages(x)]
+
+    def stages(self, x: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor, int, int]]:
+        """Per stage, its normalised output twice, as [B, H*W, C] tokens and as the [B, C, H, W] map the next stage
+        (and the decoder) takes, then H and W. The lean inference rewrite (`models/lean.py`) reads the tokens."""
         for stage in range(1, 5):
             x, height, width = getattr(self, f"patch_embed{stage}")(x)
             for block in getattr(self, f"block{stage}"):
                 x = block(x, height, width)
-            x = tokens_to_map(getattr(self, f"norm{stage}")(x), height, width)
-            features.append(x)
-        return features
+            tokens = getattr(self, f"norm{stage}")(x)
+            x = tokens_to_map(tokens, height, width)
+            yield tokens, x, height, width
 
 
 def _init_weights(module: nn.Module) -> None:
