@@ -3,9 +3,9 @@
 #
 # This script READS ../shared/data (the project's development imagery, never shipped or committed) and needs the
 # teachers installed as the README's auto-label section says (RVM through Node: set RVM_DIR). The package itself
-# never reads ../shared. Stages: label, split, train, train2, label2, split2, train3, train4, average, evaluate,
-# ship. Each stage resumes
-# if re-run.
+# never reads ../shared. Stages: label, split, train, train2, label2, split2, train3, train4, average (CPU, about
+# 5 hours on 2 cores), pack, gpu1, gpu2 (a CUDA GPU, 10 minutes of training), evaluate, ship. The CPU stages resume
+# if re-run; a GPU stage re-run starts over (its step count is fitted to a time budget).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
@@ -66,45 +66,66 @@ fi
 if [[ $stage == all || $stage == split2 ]]; then
   # Training list for stage 3: the first split's training samples plus the new street photos that pass the same
   # confidence filter (281 of them). The held-out split stays as it was, so every stage is scored on the same images.
-  python scripts/split_default_data.py "$LABELS" "$WORK/split" --pool "$POOL" --extend train_more.txt
+  python scripts/split_default_data.py "$LABELS" "$WORK/split" --pool "$POOL" --extend train4.txt
 fi
 
 if [[ $stage == all || $stage == train3 ]]; then
   # Stage 3: stage 2's best weights, 1,200 steps on the larger list, warm-up to 4e-4 and linear decay to
   # zero. About 50 minutes on 2 quiet cores; re-running resumes. (Its folder is runs/stage4: an earlier third run,
   # 700 steps at 2e-4 on the old list, did not ship; see the model card.)
-  train_run runs/stage4 --init runs/stage2/best.safetensors --set data.train.list_file=split/train_more.txt \
+  train_run runs/stage4 --init runs/stage2/best.safetensors --set data.train.list_file=split/train4.txt \
     --set optim.lr=4e-4 --set optim.warmup_steps=50 --set train.max_steps=1200 --set train.val_every=200 --set train.seed=3
 fi
 
 if [[ $stage == all || $stage == train4 ]]; then
   # Stage 4: stage 3's best weights, 1,200 more steps on the same list, warm-up to 3e-4 and linear decay to zero.
   # About 55 minutes on 2 quiet cores; re-running resumes.
-  train_run runs/stage5 --init runs/stage4/best.safetensors --set data.train.list_file=split/train_more.txt \
+  train_run runs/stage5 --init runs/stage4/best.safetensors --set data.train.list_file=split/train4.txt \
     --set optim.lr=3e-4 --set optim.warmup_steps=50 --set train.max_steps=1200 --set train.val_every=200 --set train.seed=4
 fi
 
 if [[ $stage == all || $stage == average ]]; then
-  # What ships: the average of stage 4's best (by validation) and last weights, which scored higher on the held-out
-  # split than either alone (see the model card).
-  python - "$WORK/runs/stage5/best.safetensors" "$WORK/runs/stage5/last.safetensors" "$WORK/runs/average.safetensors" <<'PY'
-import sys
+  # Stage 4's best (by validation) and last weights averaged: they scored higher on the held-out split than either
+  # alone (see the model card). The GPU stages start from it.
+  python scripts/average_weights.py "$WORK/runs/stage5/best.safetensors" "$WORK/runs/stage5/last.safetensors" \
+    -o "$WORK/runs/average.safetensors"
+fi
 
-from peopleseg.models.weights import load_model, save_model
+if [[ $stage == all || $stage == pack ]]; then
+  # The training and validation images, packed for a GPU machine that takes at most 64 MiB of files: at most 640 px,
+  # WebP quality 65 (37 MiB for 1,106 images and masks).
+  python scripts/pack_training_data.py "$LABELS/images" "$LABELS/masks" "$WORK/packed" \
+    --list "$WORK/split/train4.txt" --list "$WORK/split/heldout_small.txt" --max-side 640 --quality 65
+fi
 
-models = [load_model(path) for path in sys.argv[1:3]]
-states = [model.state_dict() for model in models]
-average = {
-    key: (states[0][key].float() + states[1][key].float()) / 2 if value.is_floating_point() else value
-    for key, value in states[0].items()
+# GPU stages: need a CUDA GPU (a lent H200 built the shipped model; 6.5 and 3.5 minutes of training). Each starts
+# from the fp16 copy of the weights before it, as the GPU runs did (the package's file was what travelled).
+gpu_run() {
+  local name=$1 init=$2
+  shift 2
+  mkdir -p "$WORK/runs/$name"
+  python scripts/average_weights.py "$init" -o "$WORK/runs/$name/init.fp16.safetensors" --fp16
+  env INIT="$WORK/runs/$name/init.fp16.safetensors" PACKED="$WORK/packed" RUN="$WORK/runs/$name/run" \
+    OUT="$WORK/runs/$name" "$@" bash scripts/gpu_default_model.sh
 }
-models[0].load_state_dict(average)
-save_model(models[0], sys.argv[3])
-PY
+
+if [[ $stage == all || $stage == gpu1 ]]; then
+  # Stage 5: 512x512 crops, batch 32, lr 4e-4 with 100 warm-up steps and linear decay over the steps that fit in
+  # 6.5 minutes (2,009 on the H200: about 5 steps/s, bound by 15 data-loader processes).
+  gpu_run gpu1 "$WORK/runs/average.safetensors" MINUTES=6.5 LR=4e-4 VAL_EVERY=400 SEED=7
+  python scripts/average_weights.py "$WORK/runs/gpu1/gpu_best.safetensors" "$WORK/runs/gpu1/gpu_last.safetensors" \
+    -o "$WORK/runs/gpu1/gpu_avg.safetensors"
+fi
+
+if [[ $stage == all || $stage == gpu2 ]]; then
+  # Stage 6: stage 5's average, 3.5 more minutes at lr 2e-4 (1,258 steps); what ships is its best and last averaged.
+  gpu_run gpu2 "$WORK/runs/gpu1/gpu_avg.safetensors" MINUTES=3.5 LR=2e-4 VAL_EVERY=200 SEED=8
+  python scripts/average_weights.py "$WORK/runs/gpu2/gpu_best.safetensors" "$WORK/runs/gpu2/gpu_last.safetensors" \
+    -o "$WORK/runs/gpu2/gpu_avg.safetensors"
 fi
 
 if [[ $stage == all || $stage == evaluate ]]; then
-  model=$WORK/runs/average.safetensors
+  model=$WORK/runs/gpu2/gpu_avg.safetensors
   # Against the teacher's labels on held-out frames and photos, per source.
   peopleseg evaluate "$model" --images "$LABELS/images" --masks "$LABELS/masks" \
     --list-file "$WORK/split/heldout.txt" --subset-from-subfolder --out "$WORK/eval/vs_teacher" -q
@@ -115,13 +136,5 @@ fi
 
 if [[ $stage == all || $stage == ship ]]; then
   # fp16 safetensors inside the package: what `Segmenter.from_pretrained()` and `peopleseg infer` load.
-  python - "$WORK/runs/average.safetensors" <<'PY'
-import sys
-
-import torch
-
-from peopleseg.models.weights import load_model, save_model
-
-save_model(load_model(sys.argv[1]), "peopleseg/assets/default.safetensors", dtype=torch.float16)
-PY
+  python scripts/average_weights.py "$WORK/runs/gpu2/gpu_avg.safetensors" -o peopleseg/assets/default.safetensors --fp16
 fi

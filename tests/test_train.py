@@ -177,3 +177,10 @@ def test_init_from_weights_trains_with_dropout_and_batch_norm_on(people, tmp_pat
     model = build_training_model(config)
     # load_model hands weights back ready for inference (eval mode); Lightning would keep that mode.
     assert model.training and all(module.training for module in model.modules())
+
+
+def test_validation_interval_may_be_longer_than_an_epoch(people, tmp_path) -> None:
+    # 24 images in batches of 4 make 6-batch epochs; validating every 10 batches must not fall back to every epoch.
+    config = load_config(TrainConfig, None, overrides(people, tmp_path / "run", 20, **{"train.val_every": 10}))
+    train(config, progress=False)
+    assert [int(r["step"]) for r in rows(tmp_path / "run") if r.get("val/miou")] == [9, 19]

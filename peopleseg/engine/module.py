@@ -89,7 +89,7 @@ class SegFormerModule(pl.LightningModule):
         self._tick = None  # validation time is not training throughput
 
     def configure_optimizers(self) -> Any:
-        optimizer, scheduler = build_optimizer(self.model, self.config.optim, self.config.train.max_steps)
+        optimizer, scheduler = build_optimizer(self.model, self.config.optim, lambda: self.config.train.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --- checkpoints: our metadata and every RNG, so a resumed run continues exactly -------------------------------

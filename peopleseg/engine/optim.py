@@ -3,6 +3,8 @@ position parameters, and a linear warm-up followed by polynomial decay (stepped 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -44,7 +46,11 @@ def lr_factor(step: int, optim: OptimSection, max_steps: int) -> float:
     return floor + (1 - floor) * (1 - progress) ** optim.poly_power
 
 
-def build_optimizer(model: nn.Module, optim: OptimSection, max_steps: int) -> tuple[torch.optim.Optimizer, object]:
+def build_optimizer(
+    model: nn.Module, optim: OptimSection, max_steps: int | Callable[[], int]
+) -> tuple[torch.optim.Optimizer, object]:
+    """`max_steps` may be a function, read at every step: a time-budgeted run fits its step count while training."""
+    total = max_steps if callable(max_steps) else lambda: max_steps
     optimizer = torch.optim.AdamW(param_groups(model, optim), lr=optim.lr, betas=optim.betas)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, optim, max_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, optim, total()))
     return optimizer, scheduler

@@ -226,13 +226,27 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _single_threaded_worker(worker_id: int) -> None:
+    """Each loader worker augments one sample at a time: OpenCV's own thread pool in every one of them would put
+    workers x cores threads on the cores (PyTorch already gives each worker one torch thread)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+
+
 def make_loaders(config: TrainConfig, info: ModelInfo, resume: ResumePosition) -> tuple[DataLoader, DataLoader | None]:
     from peopleseg.data.transforms import AugmentConfig, eval_transform, train_transform
 
     augment = AugmentConfig(**dataclasses.asdict(config.data.augment))
     train_set = make_dataset(config.data.train, config, train_transform(augment, info.mean, info.std), train=True)
     workers = config.data.workers
-    common = {"num_workers": workers, "collate_fn": _collate, "persistent_workers": workers > 0, "pin_memory": False}
+    common = {
+        "num_workers": workers,
+        "collate_fn": _collate,
+        "persistent_workers": workers > 0,
+        "pin_memory": False,
+        "worker_init_fn": _single_threaded_worker,
+    }
     if isinstance(train_set, IterableDataset):
         train_loader = DataLoader(train_set, batch_size=config.train.batch_size, **common)
     else:
@@ -314,6 +328,9 @@ def train(config: TrainConfig, resume: bool | str = False, progress: bool = True
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    from peopleseg.engine.time_budget import check_budget
+
+    check_budget(config.train.max_minutes)  # before anything is written
     _quiet_lightning()
     out_dir = Path(config.train.out_dir)
     checkpoint_dir = out_dir / "checkpoints"
@@ -357,6 +374,13 @@ def train(config: TrainConfig, resume: bool | str = False, progress: bool = True
                 enable_version_counter=False,
             )
         )
+    if config.train.max_minutes is not None:
+        from peopleseg.engine.time_budget import FitStepsToTime
+
+        val_steps = config.train.val_every // config.train.accumulate if val_loader is not None else None
+        # Each worker holds up to 2 batches (DataLoader's prefetch_factor) ready before the first step.
+        prefetched = 2 * config.data.workers // config.train.accumulate
+        callbacks.append(FitStepsToTime(config.train.max_minutes, config.train.max_steps, val_steps, prefetched))
     if progress:
         callbacks.append(RichProgressBar())
     distributed = _world_size(config) > 1
@@ -371,7 +395,8 @@ def train(config: TrainConfig, resume: bool | str = False, progress: bool = True
         precision=_precision(config.train.precision),  # type: ignore[arg-type]
         accumulate_grad_batches=config.train.accumulate,
         gradient_clip_val=config.optim.grad_clip,
-        val_check_interval=_val_interval(config, train_loader),
+        # An interval longer than an epoch is fine: with check_val_every_n_epoch=None it counts batches across epochs.
+        val_check_interval=config.train.val_every,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         log_every_n_steps=config.train.log_every,
@@ -409,14 +434,6 @@ def _quiet_lightning() -> None:
     # Our sampler resumes mid-epoch itself (it skips the batches already trained on).
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty")
-
-
-def _val_interval(config: TrainConfig, loader: DataLoader) -> int:
-    """Validate every `val_every` training batches; Lightning refuses an interval longer than a sized epoch."""
-    try:
-        return min(config.train.val_every, len(loader))
-    except TypeError:  # a streamed (shard) dataset has no length
-        return config.train.val_every
 
 
 def _world_size(config: TrainConfig) -> int:

@@ -83,6 +83,9 @@ class LossSection:
 class TrainSection:
     out_dir: str = "runs/segformer"
     max_steps: int = 160_000
+    # Train for about this many minutes: after a short probe the step count (and so the lr decay) is fitted to the
+    # measured speed, with max_steps as the ceiling (peopleseg.engine.time_budget). None: run max_steps.
+    max_minutes: float | None = None
     batch_size: int = 8
     accumulate: int = 1
     val_every: int = 4000  # training batches between validations
