@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from peopleseg.errors import PeoplesegError
 from peopleseg.models.weights import load_model, save_model
 
 
@@ -45,4 +46,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except PeoplesegError as error:  # a bad folder, file or mask: one line naming it
+        raise SystemExit(f"error: {error}") from None

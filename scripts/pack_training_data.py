@@ -31,6 +31,7 @@ from peopleseg.atomic import atomic_path
 from peopleseg.data.folder import scan_folder
 from peopleseg.data.image_io import read_image
 from peopleseg.data.masks import read_mask
+from peopleseg.errors import PeoplesegError
 
 
 def packed_size(width: int, height: int, max_side: int) -> tuple[int, int]:
@@ -116,4 +117,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except PeoplesegError as error:  # a bad folder, file or mask: one line naming it
+        raise SystemExit(f"error: {error}") from None

@@ -111,3 +111,15 @@ def test_averaging_checkpoints(tmp_path) -> None:
 def test_scripts_explain_themselves(script) -> None:
     result = run_script(script, "--help")
     assert result.returncode == 0 and "usage:" in result.stdout
+
+
+def test_packing_names_a_corrupt_image_in_one_line(tmp_path) -> None:
+    source = tmp_path / "labels"
+    write_pair(source, "a", (50, 40))
+    (source / "images" / "a.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "train.txt").write_text("a\n")
+    result = run_script("pack_training_data.py", source / "images", source / "masks", tmp_path / "out", "--list",
+                        tmp_path / "train.txt")  # fmt: skip
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().startswith("error:") and "a.jpg" in result.stderr
+    assert not list((tmp_path / "out").rglob("*.webp"))  # nothing half-written
