@@ -2,6 +2,11 @@
 budget, and the fitted count travels in the checkpoint so a resumed run keeps it."""
 
 import csv
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -146,3 +151,36 @@ def test_a_budget_below_zero_is_a_config_error(people, tmp_path, capsys) -> None
         args += ["--set", item]
     assert main(args) == 1
     assert "train.max_minutes: must be above 0" in capsys.readouterr().err
+
+
+def test_a_killed_budgeted_run_resumes_from_its_fit_and_spends_the_rest(people, tmp_path) -> None:
+    out = tmp_path / "killed"
+    extra = {"train.max_minutes": 0.3, "train.checkpoint_every": 2, "train.val_every": 1000, "optim.warmup_steps": 2}
+    args = [sys.executable, "-m", "peopleseg.cli", "train", "-q"]
+    for item in overrides(people, out, 100_000, **extra):
+        args += ["--set", item]
+    process = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    last = out / "checkpoints" / "last.ckpt"
+
+    def budget_state() -> dict:
+        saved = torch.load(last, weights_only=False)
+        return next(state for name, state in saved["callbacks"].items() if "FitStepsToTime" in name)
+
+    # Reading its log also keeps the pipe from filling up. Once the fit is printed, a few more steps write it into
+    # a checkpoint (one every 2 steps).
+    assert any("steps fit in" in line for line in process.stderr), "the run never printed its fit"
+    time.sleep(1.0)
+    assert process.poll() is None, "training ended before it could be killed"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    killed = budget_state()
+    assert killed["fitted_steps"] > 0 and 0 < killed["spent_s"] < 18
+    result = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    final = torch.load(last, weights_only=False)
+    state = next(state for name, state in final["callbacks"].items() if "FitStepsToTime" in name)
+    assert final["global_step"] == state["fitted_steps"] > killed["fitted_steps"] // 2
+    # The two runs together spent about the budget, not a budget each.
+    assert killed["spent_s"] < state["spent_s"] < 0.3 * 60 * HARD_STOP_FACTOR + 2
