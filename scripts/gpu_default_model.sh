@@ -49,6 +49,6 @@ cp "$RUN"/logs/version_0/metrics.csv "$OUT/metrics.csv" 2>/dev/null || true
 [[ $status == 0 ]] || exit "$status"
 
 if [[ -n ${SPEED_BUDGET_S:-} ]]; then
-  timeout $((SPEED_BUDGET_S + 60)) python3 benchmarks/gpu_speed.py --models "$INIT,segformer_fan_base_hybrid" --batches 32,1 --rounds 3 --budget-s "$SPEED_BUDGET_S" \
-    --compile-mode reduce-overhead --json "$OUT/gpu_speed.json" --markdown "$OUT/gpu_speed.md" || true
+  timeout $((SPEED_BUDGET_S + 60)) python3 benchmarks/gpu_speed.py --models "$INIT,segformer_fan_base_hybrid" \
+    --batches 32,1 --rounds 3 --budget-s "$SPEED_BUDGET_S" --compile-mode reduce-overhead --json "$OUT/gpu_speed.json" --markdown "$OUT/gpu_speed.md" || true
 fi

@@ -2,9 +2,9 @@
 
 A lent GPU machine takes at most 64 MiB of working tree, so the default model's training data travels re-encoded:
 each image scaled down to at most `--max-side` pixels and saved as WebP, each mask scaled with nearest-neighbour so
-its ids (0, 1, 255 = ignore) stay exact. Only the images
-that the list files name are packed, and each list file is rewritten beside them with the new names, so the packed
-folder trains with the same config (`data.*.images/masks/list_file` pointed at it).
+its ids (0, 1, 255 = ignore) stay exact. Only the images that the list files name are packed, and each list file is
+rewritten beside them with the new names, so the packed folder trains with the same config
+(`data.*.images/masks/list_file` pointed at it).
 
     python scripts/pack_training_data.py LABELS/images LABELS/masks OUT --list split/train4.txt \
         --list split/heldout_small.txt --max-side 640 --quality 80
@@ -28,9 +28,7 @@ from rich.progress import Progress
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peopleseg.atomic import atomic_path
-from peopleseg.data.folder import scan_folder
-from peopleseg.data.image_io import read_image
-from peopleseg.data.masks import read_mask
+from peopleseg.data.folder import FolderSample, read_pair, scan_folder
 from peopleseg.errors import PeoplesegError
 
 
@@ -39,14 +37,8 @@ def packed_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def pack_one(image_path: Path, mask_path: Path, out_image: Path, out_mask: Path, max_side: int, quality: int) -> None:
-    image = read_image(image_path)
-    mask = read_mask(mask_path)
-    if mask.shape != image.shape[:2]:
-        raise SystemExit(
-            f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]}, image {image_path} is "
-            f"{image.shape[1]}x{image.shape[0]}"
-        )
+def pack_one(sample: FolderSample, out_image: Path, out_mask: Path, max_side: int, quality: int) -> None:
+    image, mask = read_pair(sample)  # checks the mask's ids and size against the image
     size = packed_size(image.shape[1], image.shape[0], max_side)
     picture = Image.fromarray(image).resize(size, Image.Resampling.LANCZOS)
     labels = Image.fromarray(mask).resize(size, Image.Resampling.NEAREST)
@@ -81,7 +73,7 @@ def main() -> None:
     record = args.out / "packing.json"
     if record.is_file() and json.loads(record.read_text()) != settings:
         raise SystemExit(f"{args.out}: packed before with {record.read_text().strip()}; pack into a new folder")
-    jobs: dict[Path, tuple[Path, Path]] = {}  # packed image, relative to OUT/images -> (image, mask)
+    jobs: dict[Path, FolderSample] = {}  # packed image, relative to OUT/images -> its source
     for list_file in args.lists:
         scan = scan_folder(args.images, args.masks, list_file=list_file)
         if scan.missing_masks:
@@ -91,7 +83,7 @@ def main() -> None:
         for sample in scan.samples:
             # Only the last suffix changes, so `cam1.0001.jpg` packs to `cam1.0001.webp`.
             packed = sample.image.relative_to(args.images).with_suffix(".webp")
-            earlier = jobs.setdefault(packed, (sample.image, sample.mask))[0]
+            earlier = jobs.setdefault(packed, sample).image
             if earlier != sample.image:
                 raise SystemExit(f"{sample.image}: would pack to the same {packed} as {earlier}")
             names.append(packed.as_posix())
@@ -102,11 +94,11 @@ def main() -> None:
         Path(temp).write_text(json.dumps(settings) + "\n")
     with Progress() as progress:
         task = progress.add_task("packing", total=len(jobs))
-        for packed, (image_path, mask_path) in jobs.items():
+        for packed, sample in jobs.items():
             out_image = args.out / "images" / packed
             out_mask = args.out / "masks" / packed.with_suffix(".png")
             if not (out_image.is_file() and out_mask.is_file()):
-                pack_one(image_path, mask_path, out_image, out_mask, args.max_side, args.quality)
+                pack_one(sample, out_image, out_mask, args.max_side, args.quality)
             progress.advance(task)
     total = sum(path.stat().st_size for path in args.out.rglob("*") if path.is_file())
     sizes = [np.prod(Image.open(args.out / "images" / packed).size) for packed in jobs]

@@ -173,20 +173,28 @@ class SegmentationFolder(Dataset):
     def load(self, index: int) -> dict[str, Any]:
         """The sample before any transform; raises DataError naming the file at fault."""
         sample = self.samples[index]
-        image = read_image(sample.image)
-        if sample.mask is None:
-            mask = np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
-        else:
-            mask = read_mask(sample.mask, self.palette, self.class_count, binary_255=self.binary_255)
-            if mask.shape != image.shape[:2]:
-                raise DataError(
-                    f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but image {sample.image} "
-                    f"is {image.shape[1]}x{image.shape[0]}"
-                )
+        image, mask = read_pair(sample, self.palette, self.class_count, binary_255=self.binary_255)
         return {"image": image, "mask": mask, "path": str(sample.image), "subset": sample.subset}
 
     def _apply(self, sample: dict[str, Any]) -> dict[str, Any]:
         return apply_transform(self.transform, sample)
+
+
+def read_pair(
+    sample: FolderSample, palette: Palette | None = None, num_classes: int = 2, *, binary_255: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The sample's RGB image and its label ids (all 255 when unlabelled); DataError naming the file at fault,
+    a mask of another size than its image included."""
+    image = read_image(sample.image)
+    if sample.mask is None:
+        return image, np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
+    mask = read_mask(sample.mask, palette, num_classes, binary_255=binary_255)
+    if mask.shape != image.shape[:2]:
+        raise DataError(
+            f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but image {sample.image} "
+            f"is {image.shape[1]}x{image.shape[0]}"
+        )
+    return image, mask
 
 
 def apply_transform(transform: Transform | None, sample: dict[str, Any]) -> dict[str, Any]:
