@@ -98,6 +98,25 @@ def test_resume_continues_the_uninterrupted_run(people, tmp_path) -> None:
         assert resumed[step] == pytest.approx(expected[step], rel=1e-3, abs=1e-4), (step, expected, resumed)
 
 
+def test_a_finished_run_checkpoints_its_final_step_and_resumes_from_it(people, tmp_path) -> None:
+    out = tmp_path / "run"
+    steps = lambda n: load_config(TrainConfig, None, overrides(people, out, n, **{"train.checkpoint_every": 4}))  # noqa: E731
+    train(steps(7), progress=False)
+    # 7 steps is no multiple of checkpoint_every, yet the last checkpoint holds step 7, not step 4: the weights that
+    # last.safetensors has.
+    saved = torch.load(out / "checkpoints/last.ckpt", weights_only=False)
+    assert saved["global_step"] == 7
+    final = load_model(out / "last.safetensors").state_dict()
+    for name, tensor in final.items():
+        if tensor.is_floating_point():  # not BatchNorm's batch counters, which the weights file leaves out
+            assert torch.equal(saved["state_dict"][f"model.{name}"], tensor), name
+    # Resumed as it is, it has nothing left to do; resumed to train longer, it goes on from step 7.
+    train(steps(7), resume=True, progress=False)
+    train(steps(9), resume=True, progress=False)
+    logged = [int(r["step"]) for r in rows(out) if r.get("train/loss")]
+    assert logged == list(range(9))  # each step once: none repeated from an older checkpoint
+
+
 def test_killed_training_resumes_and_finishes(people, tmp_path) -> None:
     out = tmp_path / "killed"
     args = [sys.executable, "-m", "peopleseg.cli", "train", "-q"]

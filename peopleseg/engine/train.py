@@ -292,6 +292,30 @@ def _checkpoint_io() -> Any:
     return AtomicCheckpointIO()
 
 
+def _last_checkpoint(checkpoint_dir: Path, every: int) -> Any:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class LastCheckpoint(ModelCheckpoint):
+        """`last.ckpt` every `every` steps and at the final step, whatever `every` is: a finished run resumes
+        (to train longer) from where it ended, not from the last multiple of `every`."""
+
+        def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+            # max_steps may have been lowered by a time budget (time_budget.FitStepsToTime) earlier in this step:
+            # Lightning runs checkpoint callbacks after all others.
+            if trainer.global_step >= trainer.max_steps and not self._should_skip_saving_checkpoint(trainer):
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    return LastCheckpoint(
+        dirpath=checkpoint_dir,
+        filename="step{step}",
+        every_n_train_steps=every,
+        save_top_k=0,
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+
+
 def _weights_callback(out_dir: Path) -> Any:
     import lightning.pytorch as pl
 
@@ -351,14 +375,7 @@ def train(config: TrainConfig, resume: bool | str = False, progress: bool = True
     train_loader, val_loader = make_loaders(config, model.info, resume_position)
 
     callbacks: list[Any] = [
-        ModelCheckpoint(
-            dirpath=checkpoint_dir,
-            filename="step{step}",
-            every_n_train_steps=config.train.checkpoint_every,
-            save_top_k=0,
-            save_last=True,
-            auto_insert_metric_name=False,
-        ),
+        _last_checkpoint(checkpoint_dir, config.train.checkpoint_every),
         LearningRateMonitor(logging_interval="step"),
         _weights_callback(out_dir),
     ]
