@@ -48,6 +48,14 @@ def test_default_finds_the_pedestrians_in_the_held_out_clip(segmenter: Segmenter
     assert all(0.003 < f < 0.1 for f in fractions), fractions
 
 
+def test_the_fast_int8_graph_agrees_with_the_exact_model_on_real_photos(segmenter: Segmenter, data_dir: Path) -> None:
+    assert segmenter.backend.name == "onnxruntime" and segmenter.backend.path.name.endswith("-int8.onnx")
+    exact = Segmenter.from_pretrained(backend="torch")
+    for path in sorted(data_dir.glob("*.jpg")):
+        agreement = np.mean(segmenter.predict(path) == exact.predict(path))
+        assert agreement >= 0.99, (path.name, agreement)
+
+
 def test_cli_uses_the_default_model_without_warning(
     tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -76,12 +76,15 @@ def export_onnx(
     slim: bool = True,
     fold: bool = True,
     lean: bool = False,
+    cascade_upsampling: bool = False,
 ) -> OnnxExportResult:
     """Write `path` atomically; with `check`, compare onnxruntime against torch on a random batch of `check_batch`.
 
     `fold` exports the decoder folded (`models/fold.py`): the same outputs for about half of B0's compute. The
     parity check always compares with the unfolded model, so it proves the fold on every export. `lean` also
-    rewrites the encoder's layout for onnxruntime on CPU (`models/lean.py`; it implies `fold`).
+    rewrites the encoder's layout for onnxruntime on CPU (`models/lean.py`; it implies `fold`), and with it
+    `cascade_upsampling` sums the decoder's stages coarse to fine: faster, not exact (the parity check shows by how
+    much).
     """
     try:
         import onnx
@@ -91,7 +94,7 @@ def export_onnx(
         raise ConfigError(f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}")
     path = Path(path)
     if lean:
-        network = lean_network(model.eval().cpu())
+        network = lean_network(model.eval().cpu(), cascade_upsampling=cascade_upsampling)
     else:
         network = fold_decoder(model.eval().cpu()) if fold else model.eval().cpu()
     wrapper = ExportWrapper(network, output_kind, normalize_in_graph).eval()  # type: ignore[arg-type]
@@ -190,8 +193,9 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return {p.key: p.value for p in graph.metadata_props}
 
 
-def check_onnx_parity(model: SegFormer, path: str | Path, batch: int = 2, seed: int = 0) -> tuple[float, float]:
-    """Run the ONNX file in onnxruntime and the same graph in eager torch on one random batch.
+def check_onnx_parity(model: nn.Module, path: str | Path, batch: int = 2, seed: int = 0) -> tuple[float, float]:
+    """Run the ONNX file in onnxruntime and the same graph in eager torch on one random batch. `model`: a SegFormer,
+    or a rewritten network of one (`models/lean.py`), which has its `info`.
 
     Returns (max |difference| of the outputs — logits, probabilities or class ids — and the fraction of equal
     argmax pixels). The output kind and normalisation are read from the file's metadata.

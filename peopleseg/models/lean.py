@@ -19,6 +19,13 @@ map and back for the depth-wise conv, and single-head attention reshaped and tra
 
 The arithmetic is the same, so outputs match the original up to float rounding; a test proves it. Encoders other
 than MiT (FAN-Hybrid) keep their own blocks; only exact MiT modules are rewritten.
+
+One option is not exact: `cascade_upsampling` sums the decoder's stage maps coarse to fine, as an FPN does (1/32
+upsampled and added to 1/16, that to 1/8, that to 1/4), instead of upsampling each straight to 1/4. Bilinear
+upsampling does not compose exactly, so the logits move slightly, but two of the three full-resolution Resize+Add
+passes go (about 4.5 of 60 ms for B0 in the INT8 graph on 2 cores). On 151 held-out photos the default model's
+argmax agreed on 99.73% of pixels, and its mIoU against the datasets' masks was 77.86 against 77.88. The INT8 fast
+path, already approximate, uses it; the fp32 fast path and every export stay exact.
 """
 
 from __future__ import annotations
@@ -117,31 +124,44 @@ class ChannelLastHead(nn.Module):
     becomes a single channel-last Resize after onnxruntime's transpose optimisation.
     """
 
-    def __init__(self, head: FoldedHead) -> None:
+    def __init__(self, head: FoldedHead, cascade_upsampling: bool = False) -> None:
         super().__init__()
         bias = head.bias.view(-1)
         self.stages = nn.ModuleList(
             _conv_as_linear(conv, bias if index == 0 else None) for index, conv in enumerate(head.stages)
         )
         self.classifier = _conv_as_linear(head.linear_pred, head.linear_pred.bias)
+        self.cascade_upsampling = cascade_upsampling
 
     def forward(self, features: list[tuple[torch.Tensor, int, int]]) -> torch.Tensor:
-        tokens, height, width = features[0]
-        total = self.stages[0](tokens).reshape(tokens.shape[0], height, width, -1)
-        for stage, (stage_tokens, rows, columns) in zip(self.stages[1:], features[1:], strict=True):
-            part = stage(stage_tokens).reshape(stage_tokens.shape[0], rows, columns, -1).permute(0, 3, 1, 2)
-            upsampled = F.interpolate(part, size=(height, width), mode="bilinear", align_corners=False)
-            total = total + upsampled.permute(0, 2, 3, 1)
+        maps = [
+            stage(tokens).reshape(tokens.shape[0], rows, columns, -1)
+            for stage, (tokens, rows, columns) in zip(self.stages, features, strict=True)
+        ]
+        if self.cascade_upsampling:  # coarse to fine: each sum is upsampled once, to the next stage's size
+            total = maps[-1]
+            for finer in reversed(maps[:-1]):
+                total = finer + _upsample_channel_last(total, finer.shape[1:3])
+        else:
+            total = maps[0]
+            for coarser in maps[1:]:
+                total = total + _upsample_channel_last(coarser, maps[0].shape[1:3])
         return self.classifier(torch.relu(total)).permute(0, 3, 1, 2)
+
+
+def _upsample_channel_last(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of an [N, H, W, C] map (one channel-last Resize once onnxruntime drops the permutes)."""
+    upsampled = F.interpolate(features.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False)
+    return upsampled.permute(0, 2, 3, 1)
 
 
 class LeanSegFormer(nn.Module):
     """A MiT SegFormer whose decoder reads the encoder's tokens directly (`ChannelLastHead`)."""
 
-    def __init__(self, folded: FoldedSegFormer) -> None:
+    def __init__(self, folded: FoldedSegFormer, cascade_upsampling: bool = False) -> None:
         super().__init__()
         self.backbone = folded.backbone
-        self.decode_head = ChannelLastHead(folded.decode_head)
+        self.decode_head = ChannelLastHead(folded.decode_head, cascade_upsampling)
         self.info = folded.info
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -149,10 +169,13 @@ class LeanSegFormer(nn.Module):
         return self.decode_head([(tokens, height, width) for tokens, _, height, width in stages])
 
 
-def lean_network(model: SegFormer, channel_first_stages: tuple[int, ...] = (1, 2)) -> nn.Module:
+def lean_network(
+    model: SegFormer, channel_first_stages: tuple[int, ...] = (1, 2), cascade_upsampling: bool = False
+) -> nn.Module:
     """A rewritten copy of `model` (in eval mode) for inference; `model` itself is left as it is.
 
-    `channel_first_stages`: the MiT stages (1-4) whose Mix-FFNs run channel-first.
+    `channel_first_stages`: the MiT stages (1-4) whose Mix-FFNs run channel-first. `cascade_upsampling`: the
+    decoder's approximate coarse-to-fine sum (module docstring); other encoders keep the exact folded decoder.
     """
     folded = fold_decoder(model.eval())
     lean = copy.deepcopy(folded)  # the fold shares the encoder: copy before swapping its modules
@@ -164,4 +187,4 @@ def lean_network(model: SegFormer, channel_first_stages: tuple[int, ...] = (1, 2
                 block.mlp = ChannelFirstMixFFN(block.mlp)
             if type(block.attn) is EfficientSelfAttention:
                 block.attn = FusedAttention(block.attn)
-    return LeanSegFormer(lean).eval()
+    return LeanSegFormer(lean, cascade_upsampling).eval()
