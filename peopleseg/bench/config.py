@@ -22,7 +22,7 @@ VARIANT_ABOUT = {
     "ort-int8": "onnxruntime INT8 (static QDQ, calibrated on the benchmark images)",
     "ort-fp16": "onnxruntime FP16 (float32 I/O)",
     "fast-fp32": "the fast CPU path in fp32: lean graph (decoder folded, layout rewritten), onnxruntime",
-    "fast": "the default on CPU: the lean graph with INT8 weights, dynamic activations, onnxruntime",
+    "fast": "the default on CPU: the lean graph with INT8 weights, dynamic activations, cascaded decoder, onnxruntime",
     "tensorrt": "TensorRT FP16 engine",
 }
 DEFAULT_VARIANTS = ("hf", "torch", "ort", "ort-int8", "fast")
