@@ -334,9 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--threads", type=positive_int, default=None, help="CPU threads for the model")
     infer.add_argument(
         "--resize",
-        default="resize",
-        choices=("resize", "letterbox", "sliding"),
-        help="how images meet the network input size (default resize, as TAO)",
+        default="auto",
+        choices=("auto", "resize", "letterbox", "sliding"),
+        help="how images meet the network input size (default auto: the model's own; the bundled model letterboxes)",
     )
     infer.add_argument("--batch", type=positive_int, default=4, help="frames per forward pass (default 4)")
     infer.add_argument(
@@ -440,9 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_folder_arguments(evaluator)
     evaluator.add_argument(
         "--protocol",
-        default="resize",
-        choices=("resize", "letterbox", "whole", "sliding"),
-        help="resize to the network input (the model card's, default), whole image, or windows",
+        default="auto",
+        choices=("auto", "resize", "letterbox", "whole", "sliding"),
+        help="auto (default: the model's own policy, as infer runs it), resize (the model card's), letterbox, whole "
+        "image, or windows",
     )
     evaluator.add_argument("--out", help="write metrics.json, metrics.md and (with --worst) worst.html here")
     evaluator.add_argument("--worst", type=int, default=0, help="keep the N worst images for the gallery")

@@ -30,6 +30,7 @@ def test_default_weights_ship_in_the_package_small_and_fp16() -> None:
         info = json.loads(weights.metadata()[METADATA_KEY])
         dtypes = {weights.get_tensor(key).dtype for key in weights.keys()}  # noqa: SIM118 - safe_open is not a dict
     assert info["arch"] == "segformer_b0" and info["classes"] == ["background", "person"]
+    assert info["resize"] == "letterbox"  # trained on aspect-preserving crops: images meet it letterboxed
     assert "torch.float16" in {str(d) for d in dtypes}
     assert (DEFAULT_WEIGHTS.parent / "MODEL_CARD.md").is_file()
 
@@ -50,6 +51,7 @@ def test_default_finds_the_pedestrians_in_the_held_out_clip(segmenter: Segmenter
 
 def test_the_fast_int8_graph_agrees_with_the_exact_model_on_real_photos(segmenter: Segmenter, data_dir: Path) -> None:
     assert segmenter.backend.name == "onnxruntime" and segmenter.backend.path.name.endswith("-int8.onnx")
+    assert segmenter.resize == "letterbox"  # the model's own policy, read from the fast graph's metadata
     exact = Segmenter.from_pretrained(backend="torch")
     for path in sorted(data_dir.glob("*.jpg")):
         agreement = np.mean(segmenter.predict(path) == exact.predict(path))

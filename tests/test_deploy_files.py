@@ -180,6 +180,16 @@ def test_deepstream_argmax_half_stats(tmp_path: Path) -> None:
     assert config["offsets"] == "127.5;127.5;127.5"
     assert config["parse-segmentation-func-name"] == "NvDsInferParseCustomSegformerTAO"  # int64 class ids
     assert "Note:" not in (tmp_path / "ds" / "nvinfer_config.txt").read_text()
+    assert config["maintain-aspect-ratio"] == "0" and "symmetric-padding" not in config  # stretched, as TAO
+
+
+def test_deepstream_letterboxes_a_letterbox_model(tmp_path: Path) -> None:
+    info = half_info()
+    info.resize = "letterbox"
+    onnx_file = synthetic_onnx(tmp_path / "people.onnx", "argmax", info)
+    write_deepstream(tmp_path / "ds", onnx_file, info, "argmax", precision="fp16")
+    config = parse_nvinfer_config(tmp_path / "ds" / "nvinfer_config.txt")
+    assert config["maintain-aspect-ratio"] == "1" and config["symmetric-padding"] == "1"  # padded centred, as ours
 
 
 def test_deepstream_probs_normalised_in_graph(tmp_path: Path) -> None:

@@ -77,3 +77,33 @@ def test_batch_of_mixed_sizes_matches_one_at_a_time() -> None:
 def test_unknown_policy() -> None:
     with pytest.raises(ConfigError, match="unknown resolution policy 'crop'"):
         Segmenter("segformer_b0", backend=RedIsPerson(), resize="crop")
+
+
+def test_auto_takes_the_models_own_policy_and_an_explicit_one_wins() -> None:
+    backend = RedIsPerson()
+    backend.info.resize = "letterbox"
+    assert Segmenter("segformer_b0", backend=backend).resize == "letterbox"
+    assert Segmenter("segformer_b0", backend=backend, resize="resize").resize == "resize"
+    assert Segmenter("segformer_b0", backend=RedIsPerson()).resize == "resize"  # a model that says nothing
+
+
+@pytest.mark.parametrize("size", [(120, 300), (300, 90), (37, 41), (64, 96)])
+def test_batched_letterbox_matches_the_generic_path(size: tuple[int, int]) -> None:
+    # The batch path resizes the uint8 image straight into a canvas of the mean colour; the generic path
+    # (`prepare`) normalises the float image first and pads with zeros. Same content box, same inputs up to the
+    # uint8 rounding of the resized image.
+    from peopleseg.infer.resolution import prepare
+
+    backend = RedIsPerson()
+    segmenter = Segmenter("segformer_b0", backend=backend, resize="letterbox")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+    batch, counts, plans = segmenter._inputs([image])
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+    expected, plan = prepare((pixels - segmenter._mean) / segmenter._std, "letterbox", backend.info.input_size)
+    assert counts == [1] and plans[0].content == plan.content
+    assert (batch - expected).abs().max() < 1.5 / 127.5  # within about one grey level, on the 0.5/0.5 scale
+    top, left, height, width = plan.content
+    outside = torch.ones(backend.info.input_size, dtype=torch.bool)
+    outside[top : top + height, left : left + width] = False
+    assert torch.count_nonzero(batch[0][:, outside]) == 0  # the padding is the mean colour: zero once normalised

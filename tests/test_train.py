@@ -117,6 +117,17 @@ def test_a_finished_run_checkpoints_its_final_step_and_resumes_from_it(people, t
     assert logged == list(range(9))  # each step once: none repeated from an older checkpoint
 
 
+def test_the_models_resize_policy_is_validated_with_and_saved(people, tmp_path) -> None:
+    out = tmp_path / "letterbox"
+    extra = {"model.resize": "letterbox", "train.val_every": 2}
+    summary = train(load_config(TrainConfig, None, overrides(people, out, 2, **extra)), progress=False)
+    assert summary.best_miou is not None  # validation ran, letterboxed
+    assert load_model(out / "last.safetensors").info.resize == "letterbox"
+    assert load_model(out / "best.safetensors").info.resize == "letterbox"
+    with pytest.raises(ConfigError, match=r"model\.resize: must be one of resize, letterbox, got 'sliding'"):
+        train(load_config(TrainConfig, None, overrides(people, tmp_path / "bad", 2, **{"model.resize": "sliding"})))
+
+
 def test_killed_training_resumes_and_finishes(people, tmp_path) -> None:
     out = tmp_path / "killed"
     args = [sys.executable, "-m", "peopleseg.cli", "train", "-q"]

@@ -215,6 +215,22 @@ def test_bad_metadata_is_named(b0, tmp_path) -> None:
     save_file(load_file(path), str(path), metadata={"peopleseg": json.dumps(b0.info.to_dict() | {"std": [0, 1, 1]})})
     with pytest.raises(ModelError, match="'std' must be positive"):
         load_model(path)
+    save_file(load_file(path), str(path), metadata={"peopleseg": json.dumps(b0.info.to_dict() | {"resize": "crop"})})
+    with pytest.raises(ModelError, match="'resize' must be one of resize, letterbox, sliding, got 'crop'"):
+        load_model(path)
+
+
+def test_the_resize_policy_travels_with_the_weights(b0, tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    b0.info = ModelInfo(arch="segformer_b0", resize="letterbox")
+    path = save_model(b0, tmp_path / "m.safetensors")
+    assert read_info(path).resize == "letterbox"
+    assert json.loads((tmp_path / "m.json").read_text())["resize"] == "letterbox"
+    # Files written before the key existed are read as stretched ("resize"), as they were used then.
+    older = {key: value for key, value in b0.info.to_dict().items() if key != "resize"}
+    save_file(load_file(path), str(path), metadata={"peopleseg": json.dumps(older)})
+    assert read_info(path).resize == "resize"
 
 
 def test_unknown_name() -> None:

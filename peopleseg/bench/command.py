@@ -80,7 +80,7 @@ def add_benchmark_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--max-images", type=int, default=defaults.max_images, help="use at most this many photos (default %(default)s)"
     )
-    bench.add_argument("--resize", default=defaults.resize, choices=("resize", "letterbox", "sliding"))
+    bench.add_argument("--resize", default=defaults.resize, choices=("auto", "resize", "letterbox", "sliding"))
     bench.add_argument("--seed", type=int, default=defaults.seed, help="seed for random weights (default %(default)s)")
     bench.add_argument("--json", dest="json_path", metavar="PATH", help="write the full report as JSON")
     bench.add_argument("--markdown", dest="markdown_path", metavar="PATH", help="write the table as Markdown")

@@ -27,7 +27,7 @@ VARIANT_ABOUT = {
 }
 DEFAULT_VARIANTS = ("hf", "torch", "ort", "ort-int8", "fast")
 DEVICES = ("cpu", "cuda")
-RESIZE_POLICIES = ("resize", "letterbox", "sliding")
+RESIZE_POLICIES = ("auto", "resize", "letterbox", "sliding")  # auto: the model's own
 # The repository's own photos, found only in a source checkout: an installed package has no tests/ folder.
 REPO_TEST_IMAGES = Path(__file__).resolve().parents[2] / "tests" / "data"
 
@@ -50,7 +50,7 @@ class BenchmarkConfig:
     warmup: int = 2  # untimed calls per variant and batch size first (torch.compile compiles here)
     images: tuple[str, ...] = ()  # files or folders of real photos; empty: the repository's tests/data, if present
     max_images: int = 32  # at most this many, evenly spaced over the sorted list
-    resize: str = "resize"  # the Segmenter's resolution policy
+    resize: str = "auto"  # the Segmenter's resolution policy
     seed: int = 0  # for models built with random weights
     progress: bool = True
 
@@ -143,7 +143,7 @@ class BenchmarkConfig:
             args += ["--images", *self.images]
         if self.max_images != BenchmarkConfig.max_images:
             args += ["--max-images", str(self.max_images)]
-        if self.resize != "resize":
+        if self.resize != "auto":
             args += ["--resize", self.resize]
         if self.seed:
             args += ["--seed", str(self.seed)]

@@ -44,7 +44,8 @@ from peopleseg.infer.image_input import to_rgb
 from peopleseg.infer.segmenter import Segmenter
 
 # "resize" is the model card's protocol (TAO's): the image stretched to the network input, the scores resized back.
-PROTOCOLS = ("resize", "letterbox", "sliding", "whole")
+# "auto" is the model's own policy (its `info.resize`), what `peopleseg infer` runs.
+PROTOCOLS = ("auto", "resize", "letterbox", "sliding", "whole")
 STRIDE = 32  # SegFormer takes any input whose sides are multiples of 32
 
 
@@ -52,13 +53,14 @@ STRIDE = 32  # SegFormer takes any input whose sides are multiples of 32
 class EvalConfig:
     """How to evaluate.
 
-    `protocol`: "resize" (the model card's), "letterbox", "sliding" (network-sized windows at the image's own scale)
-    or "whole" (the image at its native size, padded to a multiple of 32; torch backend only).
+    `protocol`: "auto" (the model's own policy, as `peopleseg infer` runs it), "resize" (the model card's),
+    "letterbox", "sliding" (network-sized windows at the image's own scale) or "whole" (the image at its native
+    size, padded to a multiple of 32; torch backend only).
     `batch_size`: images per call to the Segmenter. `max_images`: stop after this many (None: all).
     `worst`: how many of the lowest-scoring images to keep, with their predictions, for the gallery.
     """
 
-    protocol: str = "resize"
+    protocol: str = "auto"
     batch_size: int = 4
     max_images: int | None = None
     worst: int = 0
@@ -154,7 +156,8 @@ def evaluate(
     classes = segmenter.classes
     num_classes = len(classes)
     _check_dataset_classes(dataset, classes)
-    predict = _predictor(segmenter, config.protocol)
+    protocol = segmenter.info.resize if config.protocol == "auto" else config.protocol
+    predict = _predictor(segmenter, protocol)
     declared = _declared_subsets(dataset)
     # Local only (no sync): evaluate is single-process by design, and lazily found subsets could differ by rank.
     metrics = SubsetMetrics(num_classes, declared, grow=True, sync_on_compute=False)
@@ -186,7 +189,7 @@ def evaluate(
         seconds=seconds,
         worst=worst.sorted(),
         classes=classes,
-        protocol=config.protocol,
+        protocol=protocol,
     )
 
 

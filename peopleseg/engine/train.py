@@ -28,6 +28,9 @@ from peopleseg.models.registry import build_model
 from peopleseg.models.segformer import SegFormer
 from peopleseg.models.weights import load_model_with_report, save_model
 
+# Resolution policies that give every validation image the network's size, so that batches stack.
+BATCHABLE_POLICIES = ("resize", "letterbox")
+
 
 @dataclass
 class TrainSummary:
@@ -80,6 +83,11 @@ def _from_weights(path: str, config: TrainConfig) -> SegFormer:
     return model
 
 
+def _validation_policy(info: ModelInfo) -> str:
+    """Validate as the model will be used; a sliding-window model is validated whole (windows cannot batch)."""
+    return info.resize if info.resize in BATCHABLE_POLICIES else "resize"
+
+
 def _info_for(arch: str, config: TrainConfig, base: ModelInfo) -> ModelInfo:
     section = config.model
     info = dataclasses.replace(base, arch=arch, classes=list(section.classes), input_size=tuple(section.input_size))
@@ -87,6 +95,10 @@ def _info_for(arch: str, config: TrainConfig, base: ModelInfo) -> ModelInfo:
         info.mean = tuple(section.mean)  # type: ignore[assignment]
     if section.std is not None:
         info.std = tuple(section.std)  # type: ignore[assignment]
+    if section.resize is not None:
+        if section.resize not in BATCHABLE_POLICIES:
+            raise ConfigError(f"model.resize: must be one of {', '.join(BATCHABLE_POLICIES)}, got {section.resize!r}")
+        info.resize = section.resize
     return ModelInfo.from_dict(info.to_dict(), source="model config")
 
 
@@ -262,7 +274,8 @@ def make_loaders(config: TrainConfig, info: ModelInfo, resume: ResumePosition) -
         )
     val_loader = None
     if config.data.val is not None:
-        val_set = make_dataset(config.data.val, config, eval_transform(info.input_size, info.mean, info.std), False)
+        validation = eval_transform(info.input_size, info.mean, info.std, _validation_policy(info))
+        val_set = make_dataset(config.data.val, config, validation, False)
         sampler = None if isinstance(val_set, IterableDataset) else ShardSampler(len(val_set))  # type: ignore[arg-type]
         val_loader = DataLoader(val_set, batch_size=config.train.batch_size, sampler=sampler, **common)
     return train_loader, val_loader

@@ -18,6 +18,9 @@ class ModelSection:
     # 0-255 scale; None keeps the architecture's default (ImageNet statistics) or the init file's own.
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
+    # How images meet the network in validation and, saved with the weights, at inference: "resize" or "letterbox".
+    # None keeps the init file's own ("resize" for random weights).
+    resize: str | None = None
     drop_path_rate: float | None = None
 
 

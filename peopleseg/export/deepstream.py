@@ -305,6 +305,21 @@ def deepstream_normalisation(info: ModelInfo, normalized_in_graph: bool = False)
     return Normalisation(1.0 / scale_std, mean, note)  # type: ignore[arg-type]
 
 
+def _aspect_lines(info: ModelInfo) -> list[str]:
+    """How frames meet the network, as the model's own policy (`info.resize`) says."""
+    if info.resize == "letterbox":
+        return [
+            "# Keep each frame's aspect ratio and pad it centred, as the model expects (its 'letterbox' policy).",
+            "# nvinfer pads with black where peopleseg pads with the mean colour: masks near the bands may differ.",
+            "maintain-aspect-ratio=1",
+            "symmetric-padding=1",
+        ]
+    return [
+        "# Stretch each frame to the network input, as TAO does (the model's 'resize' policy).",
+        "maintain-aspect-ratio=0",
+    ]
+
+
 def _fmt(value: float) -> str:
     """Shortest exact text of a number; whole numbers without '.0' (offsets=127.5;127.5;127.5 or 0;0;0)."""
     value = float(value)
@@ -431,8 +446,7 @@ def _nvinfer_config(
         f"infer-dims=3;{height};{width}",
         "# 0=RGB, 1=BGR, 2=GRAY: the model was trained on RGB",
         "model-color-format=0",
-        "# Stretch each frame to the network input, as TAO does (peopleseg's default 'resize' policy).",
-        "maintain-aspect-ratio=0",
+        *_aspect_lines(info),
         "# nvinfer feeds y = net-scale-factor * (x - offsets[c]) for 0-255 pixels x, per RGB channel c.",
     ]
     if norm.note:

@@ -52,12 +52,10 @@ def prepare(
     if policy == "resize":
         return _resize(pixels, input_size), Plan(policy, image_size, input_size)
     if policy == "letterbox":
-        scale = min(height / image_size[0], width / image_size[1])
-        inner = (max(1, round(image_size[0] * scale)), max(1, round(image_size[1] * scale)))
-        top, left = (height - inner[0]) // 2, (width - inner[1]) // 2
+        top, left, inner_height, inner_width = letterbox_box(image_size, input_size)
         canvas = pixels.new_zeros(1, 3, height, width)  # zero is the mean colour once normalised
-        canvas[:, :, top : top + inner[0], left : left + inner[1]] = _resize(pixels, inner)
-        return canvas, Plan(policy, image_size, input_size, content=(top, left, inner[0], inner[1]))
+        canvas[:, :, top : top + inner_height, left : left + inner_width] = _resize(pixels, (inner_height, inner_width))
+        return canvas, Plan(policy, image_size, input_size, content=(top, left, inner_height, inner_width))
     # sliding windows at the image's own scale, padded up to at least one window
     padded = (max(image_size[0], height), max(image_size[1], width))
     if padded != image_size:
@@ -69,6 +67,14 @@ def prepare(
     windows = [(top, left) for top in tops for left in lefts]
     crops = torch.cat([pixels[:, :, top : top + height, left : left + width] for top, left in windows])
     return crops, Plan(policy, image_size, input_size, windows=windows, padded_size=padded)
+
+
+def letterbox_box(image_size: tuple[int, int], input_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the image inside the network input: scaled to fit, aspect ratio kept, centred."""
+    height, width = input_size
+    scale = min(height / image_size[0], width / image_size[1])
+    inner = (max(1, round(image_size[0] * scale)), max(1, round(image_size[1] * scale)))
+    return (height - inner[0]) // 2, (width - inner[1]) // 2, inner[0], inner[1]
 
 
 def merge(scores: torch.Tensor, plan: Plan, mode: str = "bilinear") -> torch.Tensor:
@@ -83,6 +89,9 @@ def merge(scores: torch.Tensor, plan: Plan, mode: str = "bilinear") -> torch.Ten
         return F.interpolate(scores, size=plan.image_size, mode=mode, **align)[0]
     if plan.policy == "letterbox":
         top, left, height, width = plan.content  # type: ignore[misc]
+        if mode == "bilinear" and len(scores) == 1:  # through OpenCV, as for resize (a video frame's path)
+            content = _bilinear(scores[0], plan.input_size)[:, top : top + height, left : left + width].contiguous()
+            return _bilinear(content, plan.image_size)
         full = F.interpolate(scores, size=plan.input_size, mode=mode, **align)
         content = full[:, :, top : top + height, left : left + width]
         return F.interpolate(content, size=plan.image_size, mode=mode, **align)[0]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from peopleseg.assets import FALLBACK_ARCH, default_weights_path
 from peopleseg.infer.backends import Backend, make_backend
 from peopleseg.infer.image_input import DEFAULT_MAX_PIXELS, ColorOrder, ImageLike, to_rgb
-from peopleseg.infer.resolution import Plan, check_policy, merge, prepare
+from peopleseg.infer.resolution import Plan, check_policy, letterbox_box, merge, prepare
 from peopleseg.models.info import ModelInfo
 from peopleseg.models.registry import REGISTRY, build_model
 from peopleseg.models.segformer import SegFormer
@@ -66,7 +66,8 @@ class Segmenter:
 
     `model`: "default" (the bundled model), a registry name (random weights), a weights path (.safetensors, HF, TAO,
     …), an exported `.onnx`, a TensorRT `.engine`, or a ready `SegFormer`.
-    `resize`: "resize" (default, like TAO), "letterbox" (keep the aspect ratio) or "sliding" (windows, large images).
+    `resize`: "auto" (default: the model's own, `info.resize`), "resize" (stretch, like TAO), "letterbox" (keep the
+    aspect ratio and pad) or "sliding" (windows at the image's own scale, for large images).
     `min_person_area`: connected regions smaller than this (pixels, or a fraction of the image if < 1) are not people.
     """
 
@@ -76,7 +77,7 @@ class Segmenter:
         *,
         backend: str | Backend = "auto",
         device: str = "cpu",
-        resize: str = "resize",
+        resize: str = "auto",
         threads: int | None = None,
         precision: str = "auto",
         compile: bool = False,
@@ -85,7 +86,8 @@ class Segmenter:
         min_person_area: float = 0.0005,
         batch_size: int = 8,
     ) -> None:
-        check_policy(resize)
+        if resize != "auto":
+            check_policy(resize)  # before the model loads: a typo costs nothing
         self.is_random_init = False
         if not isinstance(model, SegFormer) and str(model) == "default":
             weights = default_weights_path()
@@ -102,7 +104,8 @@ class Segmenter:
             model, backend=backend, device=device, threads=threads, precision=precision, compile=compile, info=info
         )
         self.info = self.backend.info
-        self.resize = resize
+        self.resize = self.info.resize if resize == "auto" else resize
+        check_policy(self.resize)
         self.max_pixels = max_pixels
         self.min_person_area = min_person_area
         self.batch_size = max(1, batch_size)
@@ -223,30 +226,38 @@ class Segmenter:
     def _inputs(self, arrays: list[np.ndarray]) -> tuple[torch.Tensor, list[int], list[Any]]:
         """The normalised network inputs of every image in one batch, how many each image has, and their plans."""
         height, width = self.info.input_size
-        if self.resize == "resize":
-            # One input per image, written straight into the batch and normalised in place once: no per-image
-            # float copies and no concatenation (those cost 2 ms a 768x576 frame).
+        if self.resize in ("resize", "letterbox"):
+            # One input per image, resized as uint8 and written straight into the batch, then normalised in place
+            # once: no per-image float copies and no concatenation (those cost 2 ms a 768x576 frame).
             batch = torch.empty(len(arrays), 3, height, width)
             plans = []
             for index, array in enumerate(arrays):
-                batch[index] = self._resized(array)[0]  # the uint8 -> float conversion happens in this copy
-                plans.append(Plan("resize", (array.shape[0], array.shape[1]), (height, width)))
+                image_size = (array.shape[0], array.shape[1])
+                if self.resize == "resize":
+                    batch[index] = self._resized(array, (height, width))[0]  # uint8 -> float happens in this copy
+                    plans.append(Plan("resize", image_size, (height, width)))
+                    continue
+                top, left, inner_height, inner_width = box = letterbox_box(image_size, (height, width))
+                batch[index] = self._mean[0]  # the padding: the mean colour, zero once normalised
+                inner = batch[index, :, top : top + inner_height, left : left + inner_width]
+                inner.copy_(self._resized(array, (inner_height, inner_width))[0])
+                plans.append(Plan("letterbox", image_size, (height, width), content=box))
             return batch.sub_(self._mean).div_(self._std), [1] * len(arrays), plans
         inputs, plans = [], []
         for array in arrays:
-            pixels = self._resized(array).float()
+            pixels = self._resized(array, None).float()
             crops, plan = prepare((pixels - self._mean) / self._std, self.resize, self.info.input_size)
             inputs.append(crops)
             plans.append(plan)
         return torch.cat(inputs), [len(crops) for crops in inputs], plans
 
-    def _resized(self, array: np.ndarray) -> torch.Tensor:
-        """uint8 [1, 3, h, w], contiguous: the image itself, or (for `resize`) already at the network size."""
+    def _resized(self, array: np.ndarray, size: tuple[int, int] | None) -> torch.Tensor:
+        """uint8 [1, 3, h, w], contiguous: the image at `size` (None: at its own)."""
         pixels = torch.from_numpy(array).permute(2, 0, 1)[None]  # a view
-        if self.resize == "resize" and tuple(pixels.shape[2:]) != tuple(self.info.input_size):
+        if size is not None and tuple(pixels.shape[2:]) != tuple(size):
             # Resize the uint8 image first, then normalise the small one: torch's uint8 antialiased kernel took a
             # 1080p frame to 512x512 in 1.7 ms against 12.5 ms for normalise-then-resize in float.
-            pixels = F.interpolate(pixels, self.info.input_size, mode="bilinear", antialias=True)
+            pixels = F.interpolate(pixels, size, mode="bilinear", antialias=True)
         # Channel-first in memory before the float maths: a strided float copy is 2.5x slower.
         return pixels.contiguous()
 

@@ -18,6 +18,8 @@ HALF_MEAN = (127.5, 127.5, 127.5)
 HALF_STD = (127.5, 127.5, 127.5)
 
 FORMAT_VERSION = 1
+# The resolution policies a model may ask for (`infer/resolution.py` has them all, sliding windows included).
+RESIZE_POLICIES = ("resize", "letterbox", "sliding")
 
 
 @dataclass
@@ -27,6 +29,9 @@ class ModelInfo:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     input_size: tuple[int, int] = (512, 512)  # (height, width) the network is fed
+    # How an image meets `input_size` by default at inference: "resize" (stretched, as TAO trains) or "letterbox"
+    # (aspect ratio kept, padded), the one that matches how the model was trained. Segmenter(resize=...) overrides.
+    resize: str = "resize"
     # Architecture settings that differ from the registry defaults (e.g. norm_eps of a converted HF model).
     arch_options: dict[str, Any] = field(default_factory=dict)
     # Free text for humans: where the weights came from, what they were trained on.
@@ -64,6 +69,8 @@ class ModelInfo:
         if len(size) != 2 or min(size) <= 0 or size[0] % 32 or size[1] % 32:
             raise ModelError(f"{source}: 'input_size' must be [height, width], multiples of 32, got {info.input_size}")
         info.input_size = size  # type: ignore[assignment]
+        if info.resize not in RESIZE_POLICIES:
+            raise ModelError(f"{source}: 'resize' must be one of {', '.join(RESIZE_POLICIES)}, got {info.resize!r}")
         if len(info.classes) < 2:
             raise ModelError(f"{source}: 'classes' needs at least 2 names, got {info.classes}")
         return info

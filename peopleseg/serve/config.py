@@ -21,7 +21,7 @@ from peopleseg.infer.backends import PRECISIONS
 ENV_PREFIX = "PEOPLESEG_"
 # `--workers N` starts N processes; each rebuilds the app from this variable (a JSON ServeConfig).
 CONFIG_ENV = "PEOPLESEG_SERVE_CONFIG"
-RESIZE_POLICIES = ("resize", "letterbox", "sliding")
+RESIZE_POLICIES = ("auto", "resize", "letterbox", "sliding")  # auto: the model's own
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class ServeConfig:
     backend: str = "auto"
     device: str = "cpu"
     precision: str = "auto"
-    resize: str = "resize"
+    resize: str = "auto"
     threads: int | None = None  # CPU threads for the model (torch or onnxruntime); None leaves the library default
     workers: int = 1  # server processes, each with its own model and batcher
     max_batch: int = 8  # images per forward pass; 1 turns micro-batching off
