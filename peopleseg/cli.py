@@ -442,8 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--protocol",
         default="auto",
         choices=("auto", "resize", "letterbox", "whole", "sliding"),
-        help="auto (default: the model's own policy, as infer runs it), resize (the model card's), letterbox, whole "
-        "image, or windows",
+        help="auto (default: the model's own policy, as infer runs it), resize (NVIDIA's model card's), letterbox, "
+        "whole image, or windows",
     )
     evaluator.add_argument("--out", help="write metrics.json, metrics.md and (with --worst) worst.html here")
     evaluator.add_argument("--worst", type=int, default=0, help="keep the N worst images for the gallery")

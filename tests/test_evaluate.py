@@ -170,13 +170,16 @@ def test_resize_and_sliding_on_a_large_image() -> None:
     assert segmenter.resize == "resize"  # the protocol did not change the caller's Segmenter
 
 
-def test_auto_protocol_is_the_models_own_policy() -> None:
+def test_auto_protocol_is_the_segmenters_own_policy() -> None:
     image, mask = _stripe(100, 260, height=120, width=300)
     samples = [{"image": image, "mask": mask, "path": "wide.png", "subset": ""}]
-    segmenter = _segmenter()
-    segmenter.info.resize = "letterbox"
+    backend = RedIsPerson()
+    backend.info.resize = "letterbox"
+    segmenter = Segmenter("segformer_b0", backend=backend)  # auto: the model's letterbox
     assert evaluate(segmenter, samples, EvalConfig(), progress=False).protocol == "letterbox"
     assert evaluate(segmenter, samples, EvalConfig(protocol="resize"), progress=False).protocol == "resize"
+    sliding = Segmenter("segformer_b0", backend=backend, resize="sliding")  # the caller's choice wins over the model's
+    assert evaluate(sliding, samples, EvalConfig(), progress=False).protocol == "sliding"
 
 
 def test_whole_image_protocol_runs_the_model_at_native_size() -> None:

@@ -54,6 +54,8 @@ def test_bad_export_requests(b0, tmp_path) -> None:
         export_onnx(b0, tmp_path / "m.onnx", opset=9)
     with pytest.raises(ConfigError, match="unknown output kind 'mask'"):
         export_onnx(b0, tmp_path / "m.onnx", output_kind="mask")
+    with pytest.raises(ConfigError, match="cascade_upsampling rewrites the lean graph's decoder: it needs lean=True"):
+        export_onnx(b0, tmp_path / "m.onnx", cascade_upsampling=True)
     blocker = tmp_path / "file"
     blocker.write_text("a file, not a folder")
     with pytest.raises((ModelError, OSError)):

@@ -107,3 +107,16 @@ def test_batched_letterbox_matches_the_generic_path(size: tuple[int, int]) -> No
     outside = torch.ones(backend.info.input_size, dtype=torch.bool)
     outside[top : top + height, left : left + width] = False
     assert torch.count_nonzero(batch[0][:, outside]) == 0  # the padding is the mean colour: zero once normalised
+
+
+@pytest.mark.parametrize("policy", ["letterbox", "sliding"])
+def test_a_graph_that_normalises_itself_gets_the_mean_colour_as_padding(policy: str) -> None:
+    backend = RedIsPerson(input_size=(64, 64))
+    backend.normalized_in_graph = True  # the Segmenter feeds 0-255 RGB; the graph subtracts the mean itself
+    segmenter = Segmenter("segformer_b0", backend=backend, resize=policy)
+    image = np.full((20, 50, 3), 200, np.uint8)
+    batch = segmenter._inputs([image])[0]
+    # Letterbox centres the image (bands above and below); sliding pads bottom and right.
+    padded, inside = ((0, 0), (32, 25)) if policy == "letterbox" else ((63, 63), (10, 25))
+    assert torch.allclose(batch[0, :, padded[0], padded[1]], torch.tensor(HALF_MEAN))  # 127.5, not black
+    assert torch.allclose(batch[0, :, inside[0], inside[1]], torch.tensor([200.0] * 3), atol=1)  # the image, raw

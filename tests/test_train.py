@@ -128,6 +128,17 @@ def test_the_models_resize_policy_is_validated_with_and_saved(people, tmp_path) 
         train(load_config(TrainConfig, None, overrides(people, tmp_path / "bad", 2, **{"model.resize": "sliding"})))
 
 
+def test_the_step_checkpoint_keeps_model_checkpoints_state_key(tmp_path) -> None:
+    # Lightning files callback state by this key: the same key lets checkpoints written by a plain ModelCheckpoint
+    # (before this callback existed) resume into it, still writing last.ckpt.
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from peopleseg.engine.train import _last_checkpoint
+
+    arguments = dict(dirpath=tmp_path, filename="step{step}", every_n_train_steps=3, save_top_k=0, save_last=True)
+    assert _last_checkpoint(tmp_path, 3).state_key == ModelCheckpoint(**arguments).state_key
+
+
 def test_killed_training_resumes_and_finishes(people, tmp_path) -> None:
     out = tmp_path / "killed"
     args = [sys.executable, "-m", "peopleseg.cli", "train", "-q"]

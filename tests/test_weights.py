@@ -226,7 +226,13 @@ def test_the_resize_policy_travels_with_the_weights(b0, tmp_path) -> None:
     b0.info = ModelInfo(arch="segformer_b0", resize="letterbox")
     path = save_model(b0, tmp_path / "m.safetensors")
     assert read_info(path).resize == "letterbox"
-    assert json.loads((tmp_path / "m.json").read_text())["resize"] == "letterbox"
+    sidecar = json.loads((tmp_path / "m.json").read_text())
+    assert sidecar["resize"] == "letterbox" and sidecar["format_version"] == 2  # older peopleseg: "newer format"
+    # A stretching model is written as before (format 1, no key), so older peopleseg still reads it.
+    b0.info = ModelInfo(arch="segformer_b0")
+    save_model(b0, tmp_path / "s.safetensors")
+    sidecar = json.loads((tmp_path / "s.json").read_text())
+    assert "resize" not in sidecar and sidecar["format_version"] == 1
     # Files written before the key existed are read as stretched ("resize"), as they were used then.
     older = {key: value for key, value in b0.info.to_dict().items() if key != "resize"}
     save_file(load_file(path), str(path), metadata={"peopleseg": json.dumps(older)})

@@ -43,8 +43,8 @@ from peopleseg.errors import ConfigError, DataError
 from peopleseg.infer.image_input import to_rgb
 from peopleseg.infer.segmenter import Segmenter
 
-# "resize" is the model card's protocol (TAO's): the image stretched to the network input, the scores resized back.
-# "auto" is the model's own policy (its `info.resize`), what `peopleseg infer` runs.
+# "resize" is NVIDIA's model card protocol (TAO's): the image stretched to the network input, the scores resized back.
+# "auto" is the Segmenter's own policy (by default the model's `info.resize`), what `peopleseg infer` runs.
 PROTOCOLS = ("auto", "resize", "letterbox", "sliding", "whole")
 STRIDE = 32  # SegFormer takes any input whose sides are multiples of 32
 
@@ -53,7 +53,7 @@ STRIDE = 32  # SegFormer takes any input whose sides are multiples of 32
 class EvalConfig:
     """How to evaluate.
 
-    `protocol`: "auto" (the model's own policy, as `peopleseg infer` runs it), "resize" (the model card's),
+    `protocol`: "auto" (the Segmenter's policy, as `peopleseg infer` runs it), "resize" (NVIDIA's model card's),
     "letterbox", "sliding" (network-sized windows at the image's own scale) or "whole" (the image at its native
     size, padded to a multiple of 32; torch backend only).
     `batch_size`: images per call to the Segmenter. `max_images`: stop after this many (None: all).
@@ -156,7 +156,7 @@ def evaluate(
     classes = segmenter.classes
     num_classes = len(classes)
     _check_dataset_classes(dataset, classes)
-    protocol = segmenter.info.resize if config.protocol == "auto" else config.protocol
+    protocol = segmenter.resize if config.protocol == "auto" else config.protocol  # the Segmenter's, resolved
     predict = _predictor(segmenter, protocol)
     declared = _declared_subsets(dataset)
     # Local only (no sync): evaluate is single-process by design, and lazily found subsets could differ by rank.

@@ -84,7 +84,7 @@ def _from_weights(path: str, config: TrainConfig) -> SegFormer:
 
 
 def _validation_policy(info: ModelInfo) -> str:
-    """Validate as the model will be used; a sliding-window model is validated whole (windows cannot batch)."""
+    """Validate as the model will be used; a sliding-window model is validated stretched (windows cannot batch)."""
     return info.resize if info.resize in BATCHABLE_POLICIES else "resize"
 
 
@@ -95,10 +95,9 @@ def _info_for(arch: str, config: TrainConfig, base: ModelInfo) -> ModelInfo:
         info.mean = tuple(section.mean)  # type: ignore[assignment]
     if section.std is not None:
         info.std = tuple(section.std)  # type: ignore[assignment]
-    if section.resize is not None:
-        if section.resize not in BATCHABLE_POLICIES:
-            raise ConfigError(f"model.resize: must be one of {', '.join(BATCHABLE_POLICIES)}, got {section.resize!r}")
-        info.resize = section.resize
+    if section.resize not in BATCHABLE_POLICIES:
+        raise ConfigError(f"model.resize: must be one of {', '.join(BATCHABLE_POLICIES)}, got {section.resize!r}")
+    info.resize = section.resize
     return ModelInfo.from_dict(info.to_dict(), source="model config")
 
 
@@ -319,6 +318,12 @@ def _last_checkpoint(checkpoint_dir: Path, every: int) -> Any:
             if trainer.global_step >= trainer.max_steps and not self._should_skip_saving_checkpoint(trainer):
                 self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+        @property
+        def state_key(self) -> str:
+            # Lightning files a callback's state under its class name: keep ModelCheckpoint's, so that checkpoints
+            # written before this class existed resume into it (and it keeps writing last.ckpt, not last-v1.ckpt).
+            return super().state_key.replace(type(self).__qualname__, "ModelCheckpoint", 1)
+
     return LastCheckpoint(
         dirpath=checkpoint_dir,
         filename="step{step}",
@@ -326,6 +331,7 @@ def _last_checkpoint(checkpoint_dir: Path, every: int) -> Any:
         save_top_k=0,
         save_last=True,
         auto_insert_metric_name=False,
+        enable_version_counter=False,  # one last.ckpt, replaced atomically (_checkpoint_io)
     )
 
 

@@ -18,9 +18,10 @@ class ModelSection:
     # 0-255 scale; None keeps the architecture's default (ImageNet statistics) or the init file's own.
     mean: tuple[float, float, float] | None = None
     std: tuple[float, float, float] | None = None
-    # How images meet the network in validation and, saved with the weights, at inference: "resize" or "letterbox".
-    # None keeps the init file's own ("resize" for random weights).
-    resize: str | None = None
+    # How images meet the network in validation and, saved with the weights, at inference: "letterbox" (the
+    # training crops keep each image's aspect ratio, so the model learns unstretched people) or "resize" (stretch,
+    # as TAO trains).
+    resize: str = "letterbox"
     drop_path_rate: float | None = None
 
 

@@ -315,7 +315,7 @@ def _aspect_lines(info: ModelInfo) -> list[str]:
             "symmetric-padding=1",
         ]
     return [
-        "# Stretch each frame to the network input, as TAO does (the model's 'resize' policy).",
+        f"# Stretch each frame to the network input, as TAO does (the model's policy: '{info.resize}').",
         "maintain-aspect-ratio=0",
     ]
 
@@ -560,7 +560,23 @@ explicitly quantised, and the precision flag goes.
 ## Normalisation
 
 {norm_text}
+
+## Aspect ratio
+
+{_aspect_text(info)}
 """
+
+
+def _aspect_text(info: ModelInfo) -> str:
+    if info.resize == "letterbox":
+        return (
+            "The model expects each frame letterboxed (its policy, saved with its weights), so the config sets "
+            "`maintain-aspect-ratio=1` and `symmetric-padding=1`: nvinfer scales the frame to fit, keeping its aspect "
+            "ratio, and pads it centred with black (peopleseg pads with the mean colour, so masks next to the bands "
+            "may differ slightly). The segmentation output covers the padded network input: crop the bands off "
+            "before mapping a mask back onto the frame."
+        )
+    return "Each frame is stretched to the network input (`maintain-aspect-ratio=0`), as TAO trains its models."
 
 
 def parse_nvinfer_config(path: str | os.PathLike[str], group: str = "property") -> dict[str, str]:

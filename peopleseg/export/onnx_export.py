@@ -93,6 +93,8 @@ def export_onnx(
     if opset not in SUPPORTED_OPSETS:
         raise ConfigError(f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}")
     path = Path(path)
+    if cascade_upsampling and not lean:
+        raise ConfigError("cascade_upsampling rewrites the lean graph's decoder: it needs lean=True")
     if lean:
         network = lean_network(model.eval().cpu(), cascade_upsampling=cascade_upsampling)
     else:

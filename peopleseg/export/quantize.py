@@ -125,15 +125,16 @@ def _pick(paths: list[Path], count: int, where: str) -> list[Path]:
 def prepare_input(image: np.ndarray | str | os.PathLike[str], info: ModelInfo, normalize: bool = True) -> np.ndarray:
     """An RGB image (array or path) as the network input: float32 [1, 3, H, W] at `info.input_size`.
 
-    Resized like the Segmenter's `resize` policy (bilinear, antialiased, torch's interpolate) and normalised with
-    the model's mean/std, or left on the 0-255 scale when the graph normalises itself. The Segmenter normalises
-    before resizing; both steps are linear per channel, so the order changes nothing beyond float rounding.
+    Fitted by the model's own policy (`info.resize`: stretched, or letterboxed with the mean colour; bilinear,
+    antialiased, torch's interpolate) and normalised with the model's mean/std, or left on the 0-255 scale when the
+    graph normalises itself. Both steps are linear per channel, so their order changes nothing beyond float rounding.
     """
     from peopleseg.infer.resolution import prepare
 
     pixels = read_image(image) if not isinstance(image, np.ndarray) else image
     tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float()
-    tensor, _ = prepare(tensor, "resize", info.input_size)  # the Segmenter's own resize
+    policy = info.resize if info.resize == "letterbox" else "resize"  # sliding: one stretched input per image
+    tensor, _ = prepare(tensor, policy, info.input_size, pad=torch.tensor(info.mean))
     if normalize:
         mean = torch.tensor(info.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(info.std, dtype=torch.float32).view(1, 3, 1, 1)

@@ -1,6 +1,6 @@
 """How an image of any size meets a network with a fixed input size, and how the answer goes back.
 
-- `resize` (the default, as TAO does): stretch to the input size, then resize the scores back;
+- `resize` (as TAO does): stretch to the input size, then resize the scores back;
 - `letterbox`: scale to fit keeping the aspect ratio, pad the rest, and crop the padding out of the scores;
 - `sliding`: run overlapping input-sized windows over the image at its own scale and average the scores (for
   large images whose people would shrink to a few pixels in a plain resize).
@@ -43,23 +43,32 @@ def check_policy(policy: str) -> None:
 
 
 def prepare(
-    pixels: torch.Tensor, policy: str, input_size: tuple[int, int], overlap: float = 1 / 3
+    pixels: torch.Tensor,
+    policy: str,
+    input_size: tuple[int, int],
+    overlap: float = 1 / 3,
+    pad: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, Plan]:
-    """`pixels`: one normalised image [1, 3, H, W]. Returns the network inputs [K, 3, h, w] and the plan."""
+    """`pixels`: one image [1, 3, H, W], as the network takes it. Returns the network inputs [K, 3, h, w] and the
+    plan. `pad`: the per-channel value [3] of added pixels, the model's mean colour in `pixels`' scale (default 0:
+    the mean, once normalised)."""
     check_policy(policy)
+    fill = (pad if pad is not None else pixels.new_zeros(3)).to(pixels.dtype).view(1, 3, 1, 1)
     image_size = (pixels.shape[2], pixels.shape[3])
     height, width = input_size
     if policy == "resize":
         return _resize(pixels, input_size), Plan(policy, image_size, input_size)
     if policy == "letterbox":
         top, left, inner_height, inner_width = letterbox_box(image_size, input_size)
-        canvas = pixels.new_zeros(1, 3, height, width)  # zero is the mean colour once normalised
+        canvas = fill.expand(1, 3, height, width).clone()
         canvas[:, :, top : top + inner_height, left : left + inner_width] = _resize(pixels, (inner_height, inner_width))
         return canvas, Plan(policy, image_size, input_size, content=(top, left, inner_height, inner_width))
     # sliding windows at the image's own scale, padded up to at least one window
     padded = (max(image_size[0], height), max(image_size[1], width))
     if padded != image_size:
-        pixels = F.pad(pixels, (0, padded[1] - image_size[1], 0, padded[0] - image_size[0]))
+        canvas = fill.expand(1, 3, *padded).clone()
+        canvas[:, :, : image_size[0], : image_size[1]] = pixels
+        pixels = canvas
     if not 0 <= overlap < 1:
         raise ConfigError(f"sliding-window overlap must be in [0, 1), got {overlap}")
     tops = _starts(padded[0], height, overlap)

@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 
 from peopleseg.assets import FALLBACK_ARCH, default_weights_path
+from peopleseg.errors import ConfigError
 from peopleseg.infer.backends import Backend, make_backend
 from peopleseg.infer.image_input import DEFAULT_MAX_PIXELS, ColorOrder, ImageLike, to_rgb
-from peopleseg.infer.resolution import Plan, check_policy, letterbox_box, merge, prepare
+from peopleseg.infer.resolution import POLICIES, Plan, check_policy, letterbox_box, merge, prepare
 from peopleseg.models.info import ModelInfo
 from peopleseg.models.registry import REGISTRY, build_model
 from peopleseg.models.segformer import SegFormer
@@ -86,8 +87,8 @@ class Segmenter:
         min_person_area: float = 0.0005,
         batch_size: int = 8,
     ) -> None:
-        if resize != "auto":
-            check_policy(resize)  # before the model loads: a typo costs nothing
+        if resize not in ("auto", *POLICIES):  # before the model loads: a typo costs nothing
+            raise ConfigError(f"unknown resolution policy '{resize}'; choose from auto, {', '.join(POLICIES)}")
         self.is_random_init = False
         if not isinstance(model, SegFormer) and str(model) == "default":
             weights = default_weights_path()
@@ -113,6 +114,7 @@ class Segmenter:
         in_graph = getattr(self.backend, "normalized_in_graph", False)  # the graph normalises 0-255 RGB itself
         self._mean = torch.tensor((0.0,) * 3 if in_graph else self.info.mean, dtype=torch.float32).view(1, 3, 1, 1)
         self._std = torch.tensor((1.0,) * 3 if in_graph else self.info.std, dtype=torch.float32).view(1, 3, 1, 1)
+        self._pad = torch.tensor(self.info.mean, dtype=torch.float32).view(3, 1, 1)  # added pixels, on 0-255
 
     @classmethod
     def from_pretrained(cls, **kwargs: Any) -> Segmenter:
@@ -238,7 +240,7 @@ class Segmenter:
                     plans.append(Plan("resize", image_size, (height, width)))
                     continue
                 top, left, inner_height, inner_width = box = letterbox_box(image_size, (height, width))
-                batch[index] = self._mean[0]  # the padding: the mean colour, zero once normalised
+                batch[index] = self._pad  # the mean colour, raw: zero once normalised (by us or the graph)
                 inner = batch[index, :, top : top + inner_height, left : left + inner_width]
                 inner.copy_(self._resized(array, (inner_height, inner_width))[0])
                 plans.append(Plan("letterbox", image_size, (height, width), content=box))
@@ -246,7 +248,8 @@ class Segmenter:
         inputs, plans = [], []
         for array in arrays:
             pixels = self._resized(array, None).float()
-            crops, plan = prepare((pixels - self._mean) / self._std, self.resize, self.info.input_size)
+            pad = (self._pad.view(3) - self._mean.view(3)) / self._std.view(3)
+            crops, plan = prepare((pixels - self._mean) / self._std, self.resize, self.info.input_size, pad=pad)
             inputs.append(crops)
             plans.append(plan)
         return torch.cat(inputs), [len(crops) for crops in inputs], plans

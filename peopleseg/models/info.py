@@ -17,7 +17,9 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 HALF_MEAN = (127.5, 127.5, 127.5)
 HALF_STD = (127.5, 127.5, 127.5)
 
-FORMAT_VERSION = 1
+# 2 added `resize`. A file is written at the lowest version that holds it, so a model that stretches stays readable
+# by older peopleseg, and one that letterboxes gets their clear "newer format" error, not an unknown key.
+FORMAT_VERSION = 2
 # The resolution policies a model may ask for (`infer/resolution.py` has them all, sliding windows included).
 RESIZE_POLICIES = ("resize", "letterbox", "sliding")
 
@@ -47,6 +49,11 @@ class ModelInfo:
         data["mean"] = list(self.mean)
         data["std"] = list(self.std)
         data["input_size"] = list(self.input_size)
+        if self.resize == "resize":
+            del data["resize"]
+            data["format_version"] = 1
+        else:
+            data["format_version"] = 2
         return data
 
     @classmethod
@@ -61,6 +68,7 @@ class ModelInfo:
         if version > FORMAT_VERSION:
             raise ModelError(f"{source}: format_version {version} is newer than this peopleseg understands")
         info = cls(**data)
+        info.format_version = FORMAT_VERSION  # read and understood: in memory, every model is the current format
         info.mean = _triple(info.mean, "mean", source)
         info.std = _triple(info.std, "std", source)
         if any(value <= 0 for value in info.std):
