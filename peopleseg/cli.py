@@ -11,6 +11,7 @@ from pathlib import Path
 
 from peopleseg.argtypes import positive_int
 from peopleseg.errors import PeoplesegError
+from peopleseg.resize_policy import CHOICES
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -335,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument(
         "--resize",
         default="auto",
-        choices=("auto", "resize", "letterbox", "sliding"),
+        choices=CHOICES,
         help="how images meet the network input size (default auto: the model's own; the bundled model letterboxes)",
     )
     infer.add_argument("--batch", type=positive_int, default=4, help="frames per forward pass (default 4)")

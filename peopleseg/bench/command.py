@@ -13,6 +13,7 @@ from typing import Any
 
 from peopleseg.bench.config import DEFAULT_VARIANTS, VARIANT_ABOUT, VARIANTS, BenchmarkConfig
 from peopleseg.errors import ConfigError
+from peopleseg.resize_policy import CHOICES
 
 DESCRIPTION = (
     "Time models and backends side by side: each call is Segmenter.predict_batch on real photos (preprocessing, "
@@ -80,7 +81,7 @@ def add_benchmark_parser(commands: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--max-images", type=int, default=defaults.max_images, help="use at most this many photos (default %(default)s)"
     )
-    bench.add_argument("--resize", default=defaults.resize, choices=("auto", "resize", "letterbox", "sliding"))
+    bench.add_argument("--resize", default=defaults.resize, choices=CHOICES)
     bench.add_argument("--seed", type=int, default=defaults.seed, help="seed for random weights (default %(default)s)")
     bench.add_argument("--json", dest="json_path", metavar="PATH", help="write the full report as JSON")
     bench.add_argument("--markdown", dest="markdown_path", metavar="PATH", help="write the table as Markdown")

@@ -11,6 +11,7 @@ from typing import Any
 
 from peopleseg.data.image_io import IMAGE_SUFFIXES
 from peopleseg.errors import ConfigError
+from peopleseg.resize_policy import CHOICES
 
 # The variants, in the order they are run and shown.
 VARIANTS = ("hf", "torch", "torch-compile", "ort", "ort-int8", "ort-fp16", "fast-fp32", "fast", "tensorrt")
@@ -27,7 +28,6 @@ VARIANT_ABOUT = {
 }
 DEFAULT_VARIANTS = ("hf", "torch", "ort", "ort-int8", "fast")
 DEVICES = ("cpu", "cuda")
-RESIZE_POLICIES = ("auto", "resize", "letterbox", "sliding")  # auto: the model's own
 # The repository's own photos, found only in a source checkout: an installed package has no tests/ folder.
 REPO_TEST_IMAGES = Path(__file__).resolve().parents[2] / "tests" / "data"
 
@@ -93,8 +93,8 @@ class BenchmarkConfig:
             raise ConfigError(f"warmup must be an integer >= 0, got {self.warmup!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
-        if self.resize not in RESIZE_POLICIES:
-            raise ConfigError(f"resize must be one of {', '.join(RESIZE_POLICIES)}, got '{self.resize}'")
+        if self.resize not in CHOICES:
+            raise ConfigError(f"resize must be one of {', '.join(CHOICES)}, got '{self.resize}'")
 
     def image_paths(self) -> list[Path]:
         """The benchmark photos: `images` (files and folders, recursively), or tests/data in a source checkout."""

@@ -42,10 +42,11 @@ from peopleseg.engine.metrics import ALL, IGNORE_INDEX, SubsetMetrics, confusion
 from peopleseg.errors import ConfigError, DataError
 from peopleseg.infer.image_input import to_rgb
 from peopleseg.infer.segmenter import Segmenter
+from peopleseg.resize_policy import CHOICES
 
 # "resize" is NVIDIA's model card protocol (TAO's): the image stretched to the network input, the scores resized back.
 # "auto" is the Segmenter's own policy (by default the model's `info.resize`), what `peopleseg infer` runs.
-PROTOCOLS = ("auto", "resize", "letterbox", "sliding", "whole")
+PROTOCOLS = (*CHOICES, "whole")
 STRIDE = 32  # SegFormer takes any input whose sides are multiples of 32
 
 

@@ -27,9 +27,7 @@ from peopleseg.models.info import ModelInfo
 from peopleseg.models.registry import build_model
 from peopleseg.models.segformer import SegFormer
 from peopleseg.models.weights import load_model_with_report, save_model
-
-# Resolution policies that give every validation image the network's size, so that batches stack.
-BATCHABLE_POLICIES = ("resize", "letterbox")
+from peopleseg.resize_policy import BATCHABLE, single_input_policy
 
 
 @dataclass
@@ -83,11 +81,6 @@ def _from_weights(path: str, config: TrainConfig) -> SegFormer:
     return model
 
 
-def _validation_policy(info: ModelInfo) -> str:
-    """Validate as the model will be used; a sliding-window model is validated stretched (windows cannot batch)."""
-    return info.resize if info.resize in BATCHABLE_POLICIES else "resize"
-
-
 def _info_for(arch: str, config: TrainConfig, base: ModelInfo) -> ModelInfo:
     section = config.model
     info = dataclasses.replace(base, arch=arch, classes=list(section.classes), input_size=tuple(section.input_size))
@@ -95,8 +88,8 @@ def _info_for(arch: str, config: TrainConfig, base: ModelInfo) -> ModelInfo:
         info.mean = tuple(section.mean)  # type: ignore[assignment]
     if section.std is not None:
         info.std = tuple(section.std)  # type: ignore[assignment]
-    if section.resize not in BATCHABLE_POLICIES:
-        raise ConfigError(f"model.resize: must be one of {', '.join(BATCHABLE_POLICIES)}, got {section.resize!r}")
+    if section.resize not in BATCHABLE:
+        raise ConfigError(f"model.resize: must be one of {', '.join(BATCHABLE)}, got {section.resize!r}")
     info.resize = section.resize
     return ModelInfo.from_dict(info.to_dict(), source="model config")
 
@@ -273,7 +266,8 @@ def make_loaders(config: TrainConfig, info: ModelInfo, resume: ResumePosition) -
         )
     val_loader = None
     if config.data.val is not None:
-        validation = eval_transform(info.input_size, info.mean, info.std, _validation_policy(info))
+        # Validate as the model will be used; a sliding-window model stretched (its windows cannot batch).
+        validation = eval_transform(info.input_size, info.mean, info.std, single_input_policy(info.resize))
         val_set = make_dataset(config.data.val, config, validation, False)
         sampler = None if isinstance(val_set, IterableDataset) else ShardSampler(len(val_set))  # type: ignore[arg-type]
         val_loader = DataLoader(val_set, batch_size=config.train.batch_size, sampler=sampler, **common)

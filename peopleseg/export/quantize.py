@@ -39,6 +39,7 @@ from peopleseg.atomic import atomic_path
 from peopleseg.data.image_io import IMAGE_SUFFIXES, read_image
 from peopleseg.errors import ConfigError, DataError, ModelError, PeoplesegError
 from peopleseg.models.info import ModelInfo
+from peopleseg.resize_policy import single_input_policy
 
 METHODS = ("minmax", "entropy", "percentile")
 QUANT_TYPES = ("uint8", "int8")
@@ -133,8 +134,7 @@ def prepare_input(image: np.ndarray | str | os.PathLike[str], info: ModelInfo, n
 
     pixels = read_image(image) if not isinstance(image, np.ndarray) else image
     tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float()
-    policy = info.resize if info.resize == "letterbox" else "resize"  # sliding: one stretched input per image
-    tensor, _ = prepare(tensor, policy, info.input_size, pad=torch.tensor(info.mean))
+    tensor, _ = prepare(tensor, single_input_policy(info.resize), info.input_size, pad=torch.tensor(info.mean))
     if normalize:
         mean = torch.tensor(info.mean, dtype=torch.float32).view(1, 3, 1, 1)
         std = torch.tensor(info.std, dtype=torch.float32).view(1, 3, 1, 1)

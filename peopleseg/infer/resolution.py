@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from peopleseg.errors import ConfigError
+from peopleseg.resize_policy import POLICIES
 
 Policy = Literal["resize", "letterbox", "sliding"]
-POLICIES = ("resize", "letterbox", "sliding")
 
 
 @dataclass

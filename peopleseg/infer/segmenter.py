@@ -22,10 +22,11 @@ from peopleseg.assets import FALLBACK_ARCH, default_weights_path
 from peopleseg.errors import ConfigError
 from peopleseg.infer.backends import Backend, make_backend
 from peopleseg.infer.image_input import DEFAULT_MAX_PIXELS, ColorOrder, ImageLike, to_rgb
-from peopleseg.infer.resolution import POLICIES, Plan, check_policy, letterbox_box, merge, prepare
+from peopleseg.infer.resolution import Plan, check_policy, letterbox_box, merge, prepare
 from peopleseg.models.info import ModelInfo
 from peopleseg.models.registry import REGISTRY, build_model
 from peopleseg.models.segformer import SegFormer
+from peopleseg.resize_policy import CHOICES
 
 RANDOM_INIT_WARNING = (
     "no trained weights are bundled in this version: using a randomly initialised "
@@ -87,8 +88,8 @@ class Segmenter:
         min_person_area: float = 0.0005,
         batch_size: int = 8,
     ) -> None:
-        if resize not in ("auto", *POLICIES):  # before the model loads: a typo costs nothing
-            raise ConfigError(f"unknown resolution policy '{resize}'; choose from auto, {', '.join(POLICIES)}")
+        if resize not in CHOICES:  # before the model loads: a typo costs nothing
+            raise ConfigError(f"unknown resolution policy '{resize}'; choose from {', '.join(CHOICES)}")
         self.is_random_init = False
         if not isinstance(model, SegFormer) and str(model) == "default":
             weights = default_weights_path()

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from peopleseg.errors import ModelError
+from peopleseg.resize_policy import POLICIES
 
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -20,8 +21,6 @@ HALF_STD = (127.5, 127.5, 127.5)
 # 2 added `resize`. A file is written at the lowest version that holds it, so a model that stretches stays readable
 # by older peopleseg, and one that letterboxes gets their clear "newer format" error, not an unknown key.
 FORMAT_VERSION = 2
-# The resolution policies a model may ask for (`infer/resolution.py` has them all, sliding windows included).
-RESIZE_POLICIES = ("resize", "letterbox", "sliding")
 
 
 @dataclass
@@ -77,8 +76,8 @@ class ModelInfo:
         if len(size) != 2 or min(size) <= 0 or size[0] % 32 or size[1] % 32:
             raise ModelError(f"{source}: 'input_size' must be [height, width], multiples of 32, got {info.input_size}")
         info.input_size = size  # type: ignore[assignment]
-        if info.resize not in RESIZE_POLICIES:
-            raise ModelError(f"{source}: 'resize' must be one of {', '.join(RESIZE_POLICIES)}, got {info.resize!r}")
+        if info.resize not in POLICIES:
+            raise ModelError(f"{source}: 'resize' must be one of {', '.join(POLICIES)}, got {info.resize!r}")
         if len(info.classes) < 2:
             raise ModelError(f"{source}: 'classes' needs at least 2 names, got {info.classes}")
         return info

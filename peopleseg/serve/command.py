@@ -15,6 +15,7 @@ from typing import Any
 
 from peopleseg.argtypes import positive_int
 from peopleseg.errors import ConfigError
+from peopleseg.resize_policy import CHOICES
 from peopleseg.serve.config import CONFIG_ENV, PRECISIONS, ServeConfig, env_name, load_serve_config, read_keys_file
 
 DESCRIPTION = (
@@ -53,8 +54,7 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         choices=PRECISIONS,
         help="auto (INT8 fast path on CPU, else fp32), fp32, int8 (onnxruntime), fp16 or bf16 (torch on GPU)",
     )
-    policies = ("auto", "resize", "letterbox", "sliding")
-    add("--resize", dest="resize", choices=policies, help="how images meet the network (auto: the model's own)")
+    add("--resize", dest="resize", choices=CHOICES, help="how images meet the network (auto: the model's own)")
     add("--threads", dest="threads", type=positive_int, help="CPU threads for the model")
     add("--workers", dest="workers", type=positive_int, help="server processes, each with its own model")
     add("--max-batch", dest="max_batch", type=positive_int, help="images per forward pass; 1 turns batching off")

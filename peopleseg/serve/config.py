@@ -17,11 +17,11 @@ from typing import Any
 
 from peopleseg.errors import ConfigError
 from peopleseg.infer.backends import PRECISIONS
+from peopleseg.resize_policy import CHOICES
 
 ENV_PREFIX = "PEOPLESEG_"
 # `--workers N` starts N processes; each rebuilds the app from this variable (a JSON ServeConfig).
 CONFIG_ENV = "PEOPLESEG_SERVE_CONFIG"
-RESIZE_POLICIES = ("auto", "resize", "letterbox", "sliding")  # auto: the model's own
 
 
 @dataclass(frozen=True)
@@ -75,8 +75,8 @@ class ServeConfig:
             raise ConfigError(f"smooth_alpha must be in (0, 1], got {self.smooth_alpha!r}")
         if not 0 <= self.min_area < float("inf"):
             raise ConfigError(f"min_area must be >= 0, got {self.min_area!r}")
-        if self.resize not in RESIZE_POLICIES:
-            raise ConfigError(f"resize must be one of {', '.join(RESIZE_POLICIES)}, got '{self.resize}'")
+        if self.resize not in CHOICES:
+            raise ConfigError(f"resize must be one of {', '.join(CHOICES)}, got '{self.resize}'")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if any(not key or key != key.strip() for key in self.api_keys):
