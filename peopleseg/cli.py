@@ -13,6 +13,8 @@ from peopleseg.argtypes import positive_int
 from peopleseg.errors import PeoplesegError
 from peopleseg.resize_policy import CHOICES
 
+TTA_HELP = "test-time augmentation: average views, e.g. flip or flip,1.5,sliding (several times the compute)"
+
 
 def _cmd_models(args: argparse.Namespace) -> int:
     from rich.console import Console
@@ -48,6 +50,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
     outputs = parse_outputs(args.output)
     inputs = expand_inputs(args.inputs)
+    if len(inputs) == 1:
+        _check_single_input(inputs[0])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # said once below, in the CLI's own words
         segmenter = Segmenter(
@@ -59,6 +63,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             precision=args.precision,
             batch_size=args.batch,
             min_person_area=args.min_area,
+            tta=args.tta,
         )
     if segmenter.is_random_init:
         print(f"WARNING: {RANDOM_INIT_WARNING}.", file=sys.stderr)
@@ -97,6 +102,22 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         print(f"error: {len(failed)} input(s) or frame(s) could not be read and were skipped", file=sys.stderr)
         return 1
     return 0
+
+
+def _check_single_input(spec: str) -> None:
+    """A single input that is not an image or a video is the command's error: say so before the model loads, which
+    on a first run builds the fast graph for seconds. Only regular files are looked at (headers, nothing decoded):
+    pipes can be read once, and streams and cameras are the pipeline's to open."""
+    from peopleseg.data.image_io import decode_file
+    from peopleseg.infer.run import is_video
+    from peopleseg.infer.sources import open_source
+
+    if not Path(spec).is_file():
+        return
+    if is_video(spec):
+        open_source(spec, reconnect=False).close()
+    else:
+        decode_file(Path(spec), header_only=True)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -167,17 +188,18 @@ def _palette(args: argparse.Namespace) -> object:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from peopleseg.engine.evaluate import EvalConfig, evaluate
-    from peopleseg.engine.report import markdown_table, write_reports
+    from peopleseg.engine.report import headline, markdown_table, write_reports
     from peopleseg.infer.segmenter import Segmenter
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        segmenter = Segmenter(args.model, backend=args.backend, device=args.device, threads=args.threads)
+        segmenter = Segmenter(args.model, backend=args.backend, device=args.device, threads=args.threads, tta=args.tta)
     if segmenter.is_random_init:
         print("WARNING: evaluating a model with random weights.", file=sys.stderr)
     dataset = _folder_dataset(args, len(segmenter.classes))
     config = EvalConfig(protocol=args.protocol, batch_size=args.batch, max_images=args.max_images, worst=args.worst)
     result = evaluate(segmenter, dataset, config, progress=not args.quiet)
+    print(headline(result))
     print(markdown_table(result))
     if args.out:
         written = write_reports(result, args.out, dataset=dataset)
@@ -340,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how images meet the network input size (default auto: the model's own; the bundled model letterboxes)",
     )
     infer.add_argument("--batch", type=positive_int, default=4, help="frames per forward pass (default 4)")
+    infer.add_argument("--tta", default="", help=TTA_HELP)
     infer.add_argument(
         "--min-area",
         type=float,
@@ -446,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (default: the model's own policy, as infer runs it), resize (NVIDIA's model card's), letterbox, "
         "whole image, or windows",
     )
+    evaluator.add_argument("--tta", default="", help=TTA_HELP)
     evaluator.add_argument("--out", help="write metrics.json, metrics.md and (with --worst) worst.html here")
     evaluator.add_argument("--worst", type=int, default=0, help="keep the N worst images for the gallery")
     evaluator.add_argument("--batch", type=positive_int, default=4)

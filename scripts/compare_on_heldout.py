@@ -2,6 +2,7 @@
 (each image at its own resolution; intersection and union summed over all pixels of a source).
 
     python scripts/compare_on_heldout.py HELDOUT_GT -t rvm:$RVM_DIR,ratio=1.0 -t mediapipe -m default
+    python scripts/compare_on_heldout.py HELDOUT_GT -m default --tta "" --tta flip,sliding   # one view against four
 
 HELDOUT_GT is the folder `split_default_data.py` links (images/<source>/…, masks/<source>/…). Teachers are named as
 for `peopleseg autolabel -t`; models as for `Segmenter`. Run it where the teachers are installed (MediaPipe needs its
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("-t", "--teacher", action="append", default=[], help="a teacher spec (repeatable)")
     parser.add_argument("-e", "--ensemble", action="append", default=[], help="specs joined by '+', one ensemble")
     parser.add_argument("-m", "--model", action="append", default=[], help="a peopleseg model (repeatable)")
+    parser.add_argument("--tta", action="append", default=[], help="test-time views for the models (repeatable)")
     parser.add_argument("--json", type=Path, help="also write the table as JSON here")
     args = parser.parse_args()
     from peopleseg.infer.segmenter import Segmenter
@@ -43,7 +45,8 @@ def main() -> None:
     for joined in args.ensemble:
         labelers[joined] = build_teacher(joined.split("+"))
     for model in args.model:
-        labelers[model] = Segmenter(model)
+        for tta in args.tta or [""]:
+            labelers[model + (f" tta={tta}" if tta else "")] = Segmenter(model, tta=tta)
     rows = {}
     for name, labeler in labelers.items():
         inter: dict[str, np.ndarray] = {}

@@ -190,6 +190,14 @@ def test_peopleseg_and_onnx_models_are_teachers(tmp_path: Path) -> None:
     onnx_probs = build_teacher([f"onnx:{onnx_path}"]).label([image])[0]
     assert torch_probs.shape == onnx_probs.shape == (50, 70)
     assert ((torch_probs > 0.5) == (onnx_probs > 0.5)).mean() > 0.99
+    # The Segmenter's own views: a rescaled image would reach a letterboxing model as the same network input.
+    flipped = build_teacher([f"onnx:{onnx_path},tta=flip"])
+    assert [view.name for view in flipped._segmenter.views] == ["usual", "usual+flip"]  # type: ignore[attr-defined]
+    assert flipped.name == "peopleseg:b0.onnx+views(usual,usual+flip)"  # the manifest says how labels were made
+    mirrored = build_teacher([f"onnx:{onnx_path}"]).label([np.ascontiguousarray(image[:, ::-1])])[0][:, ::-1]
+    np.testing.assert_allclose(flipped.label([image])[0], (onnx_probs + mirrored) / 2, atol=1e-5)
+    with pytest.raises(ConfigError, match="tta: expected"):
+        build_teacher([f"peopleseg:{weights},tta=spin"])
 
 
 def test_mediapipe_adapter_uses_the_selfie_model(monkeypatch: pytest.MonkeyPatch) -> None:

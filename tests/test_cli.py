@@ -1,5 +1,7 @@
 """The `peopleseg` command: help everywhere, the models table, infer on a real photo, one-line errors."""
 
+import contextlib
+import os
 import subprocess
 import sys
 
@@ -92,3 +94,46 @@ def test_export_command(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert "| variant | file | MB | compared with | max abs diff | argmax agreement |" in result.stdout
     assert "| fp32 | b0.onnx |" in result.stdout and (tmp_path / "b0.onnx").stat().st_size > 1_000_000
+
+
+@pytest.mark.parametrize("name", ["broken.jpg", "broken.mp4"])
+def test_a_single_unreadable_input_fails_before_the_model_loads(name, tmp_path, monkeypatch, capsys) -> None:
+    # The first run builds the fast graph for seconds: a bad photo or video should not wait for that.
+    from peopleseg.infer import segmenter
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded for an unreadable input")
+
+    monkeypatch.setattr(segmenter, "Segmenter", no_model)
+    bad = tmp_path / name
+    bad.write_bytes(b"\x00not media\xff" * 50)
+    assert main(["infer", str(bad), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and name in err and ("not an image" in err or "not a video" in err)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_photo_from_a_pipe_is_read_once(data_dir, tmp_path, capsys) -> None:
+    # The early check looks at regular files only: a pipe would be drained by it and then read empty.
+    import threading
+
+    pipe = tmp_path / "photo.jpg"
+    os.mkfifo(pipe)
+    data = (data_dir / "astronaut.jpg").read_bytes()
+
+    def feed() -> None:
+        with open(pipe, "wb") as writer:
+            writer.write(data)
+
+    def unblock_a_second_reader() -> None:  # a second read would wait for a writer forever: give it an empty one
+        with contextlib.suppress(OSError):  # ENXIO: nobody is reading, as it should be
+            os.close(os.open(pipe, os.O_WRONLY | os.O_NONBLOCK))
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    watchdog = threading.Timer(10, unblock_a_second_reader)
+    watchdog.start()
+    assert main(["infer", str(pipe), "-o", str(tmp_path / "out"), "--output", "mask", "-m", "segformer_b0"]) == 0
+    watchdog.cancel()
+    feeder.join(5)
+    assert (tmp_path / "out" / "photo_mask.png").exists()

@@ -98,7 +98,7 @@ def test_batched_letterbox_matches_the_generic_path(size: tuple[int, int]) -> No
     segmenter = Segmenter("segformer_b0", backend=backend, resize="letterbox")
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
-    batch, counts, plans = segmenter._inputs([image])
+    batch, counts, plans = segmenter._inputs([image], segmenter.resize)
     pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float()
     expected, plan = prepare((pixels - segmenter._mean) / segmenter._std, "letterbox", backend.info.input_size)
     assert counts == [1] and plans[0].content == plan.content
@@ -115,7 +115,7 @@ def test_a_graph_that_normalises_itself_gets_the_mean_colour_as_padding(policy: 
     backend.normalized_in_graph = True  # the Segmenter feeds 0-255 RGB; the graph subtracts the mean itself
     segmenter = Segmenter("segformer_b0", backend=backend, resize=policy)
     image = np.full((20, 50, 3), 200, np.uint8)
-    batch = segmenter._inputs([image])[0]
+    batch = segmenter._inputs([image], segmenter.resize)[0]
     # Letterbox centres the image (bands above and below); sliding pads bottom and right.
     padded, inside = ((0, 0), (32, 25)) if policy == "letterbox" else ((63, 63), (10, 25))
     assert torch.allclose(batch[0, :, padded[0], padded[1]], torch.tensor(HALF_MEAN))  # 127.5, not black

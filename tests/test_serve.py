@@ -780,6 +780,21 @@ def test_config_comes_from_flags_then_env_then_defaults() -> None:
         ServeConfig(smooth_alpha=0)
     with pytest.raises(ConfigError, match="unknown serve setting 'colour'"):
         load_serve_config({"colour": "red"}, {})
+    assert load_serve_config({}, {"PEOPLESEG_TTA": "flip"}).tta == "flip"
+    with pytest.raises(ConfigError, match="tta: expected 'flip'"):
+        ServeConfig(tta="spin")
+    with pytest.raises(ConfigError, match="tta must be a string"):
+        ServeConfig(tta=None)  # type: ignore[arg-type]
+
+
+def test_a_served_model_with_tta_says_so_and_still_finds_the_person() -> None:
+    segmenter = Segmenter("segformer_b0", backend=RedIsPerson(), batch_size=8, tta="flip")
+    with client(ServeConfig(tta="flip"), segmenter) as api:
+        assert api.get("/v1/models").json()["models"][0]["tta"] == ["usual", "usual+flip"]
+        response = api.post("/v1/segment?format=mask", files={"image": ("p.png", encode(photo()), "image/png")})
+        assert response.status_code == 200
+        mask = decode(response.content) > 0
+        assert (mask != (expected_mask() > 0)).sum() <= 8  # the mirrored view may settle the box's corner ties
 
 
 def _serve_args(argv: list[str]) -> argparse.Namespace:

@@ -84,17 +84,21 @@ def test_training_learns_and_writes_everything(people, tmp_path) -> None:
     assert load_model(tmp_path / "run" / "checkpoints" / "last.ckpt").info.arch == "segformer_b0"
 
 
-def test_resume_continues_the_uninterrupted_run(people, tmp_path) -> None:
-    full = load_config(TrainConfig, None, overrides(people, tmp_path / "full", 8, **{"train.checkpoint_every": 4}))
+@pytest.mark.parametrize("stop", [4, 6])  # inside the first epoch (6 batches of 4), and at its very end
+def test_resume_continues_the_uninterrupted_run(people, tmp_path, stop) -> None:
+    # A flat lr after warm-up, so that the two runs' different max_steps do not change the schedule.
+    every = {"train.checkpoint_every": stop, "optim.poly_power": 0.0}
+    full = load_config(TrainConfig, None, overrides(people, tmp_path / "full", stop + 4, **every))
     train(full, progress=False)
-    # The same run, stopped at step 4 ...
-    part = load_config(TrainConfig, None, overrides(people, tmp_path / "part", 4, **{"train.checkpoint_every": 4}))
+    # The same run, stopped at step `stop` ...
+    part = load_config(TrainConfig, None, overrides(people, tmp_path / "part", stop, **every))
     train(part, progress=False)
-    # ... then resumed to step 8: its steps 5-8 repeat the uninterrupted run's (same batches, RNG, optimiser).
-    more = load_config(TrainConfig, None, overrides(people, tmp_path / "part", 8, **{"train.checkpoint_every": 4}))
+    # ... then resumed: its next 4 steps repeat the uninterrupted run's (same batches, RNG, optimiser). Resumed at
+    # an epoch's end, the next epoch is trained whole, not skipped as the finished one's remainder.
+    more = load_config(TrainConfig, None, overrides(people, tmp_path / "part", stop + 4, **every))
     train(more, resume=True, progress=False)
     expected, resumed = losses(tmp_path / "full"), losses(tmp_path / "part")
-    for step in (4, 5, 6, 7):
+    for step in range(stop, stop + 4):
         assert resumed[step] == pytest.approx(expected[step], rel=1e-3, abs=1e-4), (step, expected, resumed)
 
 

@@ -21,6 +21,8 @@ class SegmenterTeacher(StatelessTeacher):
 
         self._segmenter = Segmenter(model, **segmenter_kwargs)
         self.name = f"peopleseg:{Path(str(model)).name}"
+        if self._segmenter.uses_tta:  # the manifest records how each label was made
+            self.name += "+views(" + ",".join(view.name for view in self._segmenter.views) + ")"
 
     def label_one(self, frame: np.ndarray) -> np.ndarray:
         return check_probabilities(self._segmenter.predict_proba(frame), frame, self.name)

@@ -4,6 +4,7 @@
     mediapipe[:landscape|general]             MediaPipe selfie segmentation
     onnx:PATH[,resize=letterbox]              any ONNX model peopleseg can run (ours, NVIDIA's)
     peopleseg:PATH_OR_NAME[,device=cuda]      any peopleseg model (self-training)
+    …,tta=flip+1.5+sliding                    (onnx, peopleseg) the Segmenter's own views (`infer/tta.py`)
 
 Every kind also takes `weight=W` (its share in an ensemble).
 """
@@ -67,7 +68,7 @@ class TeacherSpec:
 
         assert self.arg is not None
         kwargs: dict[str, object] = {}
-        for key in ("resize", "device", "backend"):
+        for key in ("resize", "device", "backend", "tta"):
             if key in options:
                 kwargs[key] = options.pop(key)
         if self.kind == "onnx":

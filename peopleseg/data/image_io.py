@@ -31,14 +31,18 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
     return pil_to_rgb(decode_file(path))
 
 
-def decode_file(path: Path, what: str = "image") -> Image.Image:
-    """Open and fully decode an image file (images and masks alike), with one-line errors that name it."""
+def decode_file(path: Path, what: str = "image", header_only: bool = False) -> Image.Image:
+    """Open and fully decode an image file (images and masks alike), with one-line errors that name it.
+    `header_only` reads just the header (format and size), closed again: a cheap check that it is an image."""
     try:
         image = Image.open(path)
         if image.width * image.height > MAX_IMAGE_PIXELS:
             image.close()
             raise DataError(f"{path}: {image.width}x{image.height} is too many pixels")
-        image.load()  # decodes now (errors surface here) and closes the file of a single-frame image
+        if header_only:
+            image.close()
+        else:
+            image.load()  # decodes now (errors surface here) and closes the file of a single-frame image
         return image
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image, or a format Pillow cannot read") from None

@@ -99,6 +99,7 @@ class EvalResult:
     worst: list[WorstImage] = field(default_factory=list)
     classes: list[str] = field(default_factory=lambda: ["background", "person"])
     protocol: str = "resize"
+    tta: list[str] = field(default_factory=list)  # the test-time views averaged (empty: one view)
 
     @property
     def images_per_second(self) -> float:
@@ -114,6 +115,7 @@ class EvalResult:
             {
                 "classes": list(self.classes),
                 "protocol": self.protocol,
+                "tta": list(self.tta),
                 "images": self.images,
                 "seconds": self.seconds,
                 "images_per_second": self.images_per_second,
@@ -139,6 +141,7 @@ class EvalResult:
                 ],
                 classes=list(data["classes"]),
                 protocol=str(data.get("protocol", "resize")),
+                tta=[str(name) for name in data.get("tta", [])],
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise DataError(f"evaluation results: missing or malformed field {exc}") from None
@@ -191,6 +194,7 @@ def evaluate(
         worst=worst.sorted(),
         classes=classes,
         protocol=protocol,
+        tta=[view.name for view in segmenter.views] if segmenter.uses_tta else [],
     )
 
 
@@ -351,6 +355,8 @@ def _predictor(segmenter: Segmenter, protocol: str) -> Any:
         backend = segmenter.backend
         if backend.name != "torch" or backend.output_kind != "logits":
             raise ConfigError(f"the whole-image protocol needs the torch backend, got '{backend.name}'")
+        if segmenter.uses_tta:
+            raise ConfigError("the whole-image protocol runs one view per image: it cannot take tta")
         return lambda images: _predict_whole(segmenter, images)
     # A shallow copy shares the loaded backend but not the caller's resize policy.
     policy = copy.copy(segmenter)

@@ -25,6 +25,7 @@ class ResumePosition:
 
     def __init__(self) -> None:
         self.skip_batches = 0
+        self.epoch = 0  # the epoch those batches belong to
 
 
 class SegFormerModule(pl.LightningModule):
@@ -54,10 +55,7 @@ class SegFormerModule(pl.LightningModule):
                 for group in optimizer.param_groups:
                     group["lr"] = group["initial_lr"] * factor
         if state:
-            random.setstate(_as_tuple(state["python"]))
-            kind, keys, position, has_gauss, gauss = state["numpy"]
-            np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, gauss))
-            torch.set_rng_state(state["torch"])
+            _restore_rng(state)
 
     def training_step(self, batch: dict[str, Any], batch_index: int) -> torch.Tensor:
         images, masks = batch["image"], batch["mask"]
@@ -102,6 +100,7 @@ class SegFormerModule(pl.LightningModule):
                 "python": random.getstate(),
                 "numpy": _plain_numpy_state(),
                 "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             },
         }
 
@@ -114,6 +113,17 @@ class SegFormerModule(pl.LightningModule):
         # a checkpoint written at the end of a batch is saved before Lightning counts that batch "completed".)
         done = progress.get("current", {}).get("processed", 0)
         self.resume.skip_batches = int(done)
+        # A checkpoint from an epoch's last batch resumes into the next epoch, which must not be skipped.
+        self.resume.epoch = int(checkpoint.get("epoch", 0))
+
+
+def _restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuple(state["python"]))
+    kind, keys, position, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), position, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])  # drop-path and dropout on the GPU draw from these
 
 
 def _plain_numpy_state() -> list[Any]:

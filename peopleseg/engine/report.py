@@ -39,10 +39,7 @@ def markdown_table(result: EvalResult) -> str:
 
 def summary(result: EvalResult) -> str:
     """A few plain lines for a terminal: speed, a fixed-width table, and the worst images."""
-    lines = [
-        f"{result.images} images in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s), "
-        f"protocol {result.protocol}"
-    ]
+    lines = [headline(result)]
     header = ["subset", "images", "mIoU", *(f"IoU {name}" for name in result.classes), "pixel acc"]
     table = [header]
     for name, row in _rows(result):
@@ -83,10 +80,22 @@ def write_reports(
 # --- Markdown ------------------------------------------------------------------------------------------------------
 
 
+def headline(result: EvalResult) -> str:
+    """One line: how many images, how fast, and how they met the model."""
+    return (
+        f"{result.images} images in {result.seconds:.1f} s ({result.images_per_second:.2f} images/s), "
+        f"protocol {result.protocol}{_tta_words(result)}"
+    )
+
+
+def _tta_words(result: EvalResult) -> str:
+    return f", test-time views averaged: {', '.join(result.tta)}" if result.tta else ""
+
+
 def _markdown(result: EvalResult, has_gallery: bool) -> str:
     parts = [
         "# Evaluation\n",
-        f"{result.images} images, protocol `{result.protocol}`, {result.seconds:.1f} s "
+        f"{result.images} images, protocol `{result.protocol}`{_tta_words(result)}, {result.seconds:.1f} s "
         f"({result.images_per_second:.2f} images/s). mIoU is dataset-level: intersections and unions are summed over "
         "every pixel, and a class absent from both ground truth and prediction is left out of the mean.\n",
         markdown_table(result),

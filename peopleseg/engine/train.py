@@ -124,9 +124,11 @@ class EpochSampler(Sampler[int]):
         per_rank = len(self)
         order = (order * (per_rank * world // max(len(order), 1) + 1))[: per_rank * world]
         mine = [self.epoch * self.size + index for index in order[rank::world]]
-        skip = self.resume.skip_batches * self.batch_size
-        self.resume.skip_batches = 0  # only the first epoch after a resume is shortened
-        return iter(mine[skip:])
+        # Only the interrupted epoch is shortened, and only if the run resumes inside it (a checkpoint written at
+        # an epoch's last batch resumes into the next one, whole).
+        skip = self.resume.skip_batches * self.batch_size if self.epoch == self.resume.epoch else 0
+        self.resume.skip_batches = 0
+        return iter(mine[skip:] if skip < len(mine) else [])
 
 
 class SeededDraws(Dataset):
@@ -262,6 +264,9 @@ def make_loaders(config: TrainConfig, info: ModelInfo, resume: ResumePosition) -
             batch_size=config.train.batch_size,
             sampler=sampler,
             drop_last=True,
+            # Each epoch's iterator draws its workers' base seed from this generator, not torch's global one:
+            # resumed at an epoch boundary, the global RNG (drop-path) would otherwise be one draw behind.
+            generator=torch.Generator().manual_seed(config.train.seed),
             **common,
         )
     val_loader = None
@@ -270,7 +275,11 @@ def make_loaders(config: TrainConfig, info: ModelInfo, resume: ResumePosition) -
         validation = eval_transform(info.input_size, info.mean, info.std, single_input_policy(info.resize))
         val_set = make_dataset(config.data.val, config, validation, False)
         sampler = None if isinstance(val_set, IterableDataset) else ShardSampler(len(val_set))  # type: ignore[arg-type]
-        val_loader = DataLoader(val_set, batch_size=config.train.batch_size, sampler=sampler, **common)
+        # Its own generator too: validating must not move the global RNG that training's drop-path draws from.
+        generator = torch.Generator().manual_seed(config.train.seed)
+        val_loader = DataLoader(
+            val_set, batch_size=config.train.batch_size, sampler=sampler, generator=generator, **common
+        )
     return train_loader, val_loader
 
 

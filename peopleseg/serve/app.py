@@ -78,6 +78,7 @@ def load_segmenter(config: ServeConfig) -> Segmenter:
             backend=config.backend,
             device=config.device,
             resize=config.resize,
+            tta=config.tta,
             threads=config.threads,
             precision=config.precision,
             max_pixels=config.max_pixels,
@@ -221,6 +222,7 @@ def create_app(config: ServeConfig | None = None, segmenter: Segmenter | None = 
                     "classes": list(info.classes),
                     "input_size": list(info.input_size),
                     "resize": segmenter.resize,
+                    "tta": [view.name for view in segmenter.views],
                     "random_weights": segmenter.is_random_init,
                 }
             ],

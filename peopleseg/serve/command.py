@@ -25,7 +25,7 @@ DESCRIPTION = (
 )
 # Flag destinations that are ServeConfig fields (all but those that need converting).
 _DIRECT = (
-    "host", "port", "model", "backend", "device", "precision", "resize", "threads", "workers", "max_batch",
+    "host", "port", "model", "backend", "device", "precision", "resize", "tta", "threads", "workers", "max_batch",
     "max_wait_ms", "max_queue", "max_upload_mb", "max_pixels", "request_timeout_s", "api_keys_file", "min_area",
     "smooth_alpha", "log_level",
 )  # fmt: skip
@@ -55,6 +55,7 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
         help="auto (INT8 fast path on CPU, else fp32), fp32, int8 (onnxruntime), fp16 or bf16 (torch on GPU)",
     )
     add("--resize", dest="resize", choices=CHOICES, help="how images meet the network (auto: the model's own)")
+    add("--tta", dest="tta", help="test-time augmentation views, e.g. flip or flip,sliding (each costs a pass)")
     add("--threads", dest="threads", type=positive_int, help="CPU threads for the model")
     add("--workers", dest="workers", type=positive_int, help="server processes, each with its own model")
     add("--max-batch", dest="max_batch", type=positive_int, help="images per forward pass; 1 turns batching off")

@@ -17,6 +17,7 @@ from typing import Any
 
 from peopleseg.errors import ConfigError
 from peopleseg.infer.backends import PRECISIONS
+from peopleseg.infer.tta import parse_views
 from peopleseg.resize_policy import CHOICES
 
 ENV_PREFIX = "PEOPLESEG_"
@@ -36,6 +37,7 @@ class ServeConfig:
     device: str = "cpu"
     precision: str = "auto"
     resize: str = "auto"
+    tta: str = ""  # test-time augmentation views, e.g. "flip" (infer/tta.py); each costs another pass
     threads: int | None = None  # CPU threads for the model (torch or onnxruntime); None leaves the library default
     workers: int = 1  # server processes, each with its own model and batcher
     max_batch: int = 8  # images per forward pass; 1 turns micro-batching off
@@ -77,6 +79,9 @@ class ServeConfig:
             raise ConfigError(f"min_area must be >= 0, got {self.min_area!r}")
         if self.resize not in CHOICES:
             raise ConfigError(f"resize must be one of {', '.join(CHOICES)}, got '{self.resize}'")
+        if not isinstance(self.tta, str):
+            raise ConfigError(f"tta must be a string of views such as 'flip,sliding', got {self.tta!r}")
+        parse_views(self.tta)  # a one-line ConfigError that names tta
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if any(not key or key != key.strip() for key in self.api_keys):
