@@ -45,7 +45,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
-    from peopleseg.infer.run import expand_inputs, is_video, parse_outputs, segment_images, segment_video
+    from peopleseg.infer.run import (
+        expand_inputs,
+        is_video,
+        output_stems,
+        parse_outputs,
+        segment_images,
+        segment_video,
+    )
     from peopleseg.infer.segmenter import RANDOM_INIT_WARNING, Segmenter
 
     outputs = parse_outputs(args.output)
@@ -83,18 +90,27 @@ def _cmd_infer(args: argparse.Namespace) -> int:
                     f"person pixels {100 * record['person_fraction']:.1f}%"
                 )
         print(f"{summary.images} image(s) -> {args.output_dir} ({summary.fps:.1f} images/s)")
+    stems = output_stems(videos)  # videos that share a name (talk.mp4, talk.mkv) must not overwrite each other
     for spec in videos:
-        summary = segment_video(
-            segmenter,
-            spec,
-            args.output_dir,
-            outputs,
-            batch_size=args.batch,
-            smoothing=not args.no_smooth,
-            alpha=args.smooth_alpha,
-            max_frames=args.max_frames,
-            progress=not args.quiet,
-        )
+        try:
+            summary = segment_video(
+                segmenter,
+                spec,
+                args.output_dir,
+                outputs,
+                batch_size=args.batch,
+                smoothing=not args.no_smooth,
+                alpha=args.smooth_alpha,
+                max_frames=args.max_frames,
+                progress=not args.quiet,
+                stem=stems[spec],
+            )
+        except PeoplesegError as exc:
+            if len(inputs) == 1:
+                raise  # a single input's failure is the command's one-line error
+            print(f"skipped {exc}", file=sys.stderr)  # as a bad photo among many: reported, and the run goes on
+            failed.append(spec)
+            continue
         failed += summary.failed
         names = ", ".join(str(p) for p in summary.written) or "nothing written"
         print(f"{spec}: {summary.frames} frames at {summary.fps:.1f} FPS -> {names}")

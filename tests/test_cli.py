@@ -137,3 +137,26 @@ def test_a_photo_from_a_pipe_is_read_once(data_dir, tmp_path, capsys) -> None:
     watchdog.cancel()
     feeder.join(5)
     assert (tmp_path / "out" / "photo_mask.png").exists()
+
+
+def test_one_bad_video_among_several_inputs_is_skipped(data_dir, tmp_path, capsys) -> None:
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    (folder / "0_garbage.mp4").write_bytes(b"garbage")
+    (folder / "1_good.mp4").write_bytes((data_dir / "vtest_clip.mp4").read_bytes())
+    out = tmp_path / "out"
+    argv = ["infer", str(folder), "-o", str(out), "--output", "json", "-m", "segformer_b0", "--max-frames", "3", "-q"]
+    assert main(argv) == 1  # the run goes on past the bad file, then says it failed
+    err = capsys.readouterr().err
+    assert "0_garbage.mp4: not a video" in err and "1 input(s) or frame(s) could not be read" in err
+    assert len((out / "1_good.jsonl").read_text().splitlines()) == 3
+
+
+def test_two_videos_with_one_name_keep_both_outputs(data_dir, tmp_path) -> None:
+    clip = (data_dir / "vtest_clip.mp4").read_bytes()
+    (tmp_path / "talk.mp4").write_bytes(clip)
+    (tmp_path / "talk.mkv").write_bytes(clip)  # FFmpeg reads the content, whatever the suffix says
+    out = tmp_path / "out"
+    argv = ["infer", str(tmp_path / "talk.mp4"), str(tmp_path / "talk.mkv"), "-o", str(out), "--output", "json"]
+    assert main([*argv, "-m", "segformer_b0", "--max-frames", "2", "-q"]) == 0
+    assert sorted(p.name for p in out.glob("*.jsonl")) == ["talk_mkv.jsonl", "talk_mp4.jsonl"]

@@ -375,6 +375,23 @@ def test_shards_split_across_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert len([next(resampled) for _ in range(20)]) == 20  # endless: the trainer bounds the epoch
 
 
+def test_a_resumed_shard_stream_does_not_replay_the_first_runs_samples(tmp_path: Path) -> None:
+    from peopleseg.engine.module import ResumePosition
+
+    images, masks = make_folder(tmp_path, [f"{i}.png" for i in range(12)], size=(8, 8))
+    pack_shards(SegmentationFolder(images, masks), tmp_path / "shards", max_samples_per_shard=2, progress=False)
+
+    def first(step: int, count: int = 8) -> list[str]:
+        stream = ShardDataset(tmp_path / "shards", shuffle_buffer=6, seed=1, resampled=True)
+        stream.stream_position = ResumePosition()
+        stream.stream_position.step = step
+        samples = iter(stream)
+        return [next(samples)["path"] for _ in range(count)]
+
+    assert first(0) == first(0)  # seeded: the same run draws the same stream
+    assert first(500) == first(500) and first(500) != first(0)  # resumed at step 500: a stream not yet seen
+
+
 class FailsAt(torch.utils.data.Dataset):
     """A dataset whose sample `bad` cannot be read, as a crash halfway through packing."""
 
@@ -573,3 +590,58 @@ def test_no_stray_files(tmp_path: Path) -> None:
     images, masks = make_folder(tmp_path, ["a.png"])
     pack_shards(SegmentationFolder(images, masks), tmp_path / "out", progress=False)
     assert not [name for name in os.listdir(tmp_path / "out") if name.startswith(".")]
+
+
+# --- copy-paste ----------------------------------------------------------------------------------------------------
+
+
+def _scene(person_id: int, height: int = 60, width: int = 80) -> dict:
+    """A grey picture with one red 'person' block (label `person_id`) ringed by unsure pixels."""
+    image = np.full((height, width, 3), 90, np.uint8)
+    mask = np.zeros((height, width), np.uint8)
+    mask[8:52, 28:52] = 255
+    mask[10:50, 30:50] = person_id
+    image[10:50, 30:50] = (250, 10, 10)
+    return {"image": image, "mask": mask, "path": "donor.png", "subset": ""}
+
+
+@pytest.mark.parametrize("person_id", [1, 2])
+def test_copy_paste_moves_the_person_label_and_its_pixels(person_id: int) -> None:
+    from peopleseg.data.copy_paste import paste_person
+
+    sample = {
+        "image": np.full((60, 80, 3), 30, np.uint8),
+        "mask": np.zeros((60, 80), np.uint8),
+        "path": "",
+        "subset": "",
+    }
+    pasted = paste_person(dict(sample), _scene(person_id), np.random.default_rng(0), person_id=person_id)
+    person = pasted["mask"] == person_id
+    assert person.sum() > 100
+    red = pasted["image"][person]
+    assert (red[:, 0] > 150).mean() > 0.9 and (red[:, 1] < 100).mean() > 0.9  # its pixels came with its label
+    assert (pasted["image"][pasted["mask"] == 0] == 30).all()  # the background is the sample's
+    # A donor without that label gives nothing to paste.
+    untouched = paste_person(dict(sample), _scene(person_id), np.random.default_rng(0), person_id=3)
+    assert not untouched["mask"].any()
+
+
+def test_a_bad_copy_paste_donor_is_an_error_unless_bad_samples_are_skipped(tmp_path: Path) -> None:
+    from peopleseg.engine.train import SeededDraws
+
+    images, masks = make_folder(tmp_path, ["a.jpg", "b.jpg", "c.jpg"])
+    (images / "b.jpg").write_bytes(b"not a jpeg")  # only ever a donor below: the sample drawn is a or c
+    strict = SegmentationFolder(images, masks)
+    draws = SeededDraws(strict, seed=0, copy_paste=1.0)
+
+    def donor(draw: int) -> int:  # as SeededDraws draws it: whether to paste, then the donor
+        rng = np.random.default_rng((0, draw, 1))
+        rng.random()
+        return int(rng.integers(3))
+
+    draw = next(d for d in range(60) if donor(d) == 1 and d % 3 != 1)  # a good sample with the bad donor
+    with pytest.raises(DataError, match=r"b\.jpg"):
+        draws[draw]
+    lenient = SegmentationFolder(images, masks, skip_bad=True)
+    sample = SeededDraws(lenient, seed=0, copy_paste=1.0)[draw]
+    assert sample["path"].endswith(("a.jpg", "c.jpg")) and lenient.skipped == 1

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import io
 import json
+import logging
 import os
 import socket
 import struct
@@ -33,7 +34,7 @@ httpx = pytest.importorskip("httpx", reason="the serve tests need httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 from starlette.websockets import WebSocketDisconnect  # noqa: E402
 
-from peopleseg.errors import ConfigError, PeoplesegError  # noqa: E402
+from peopleseg.errors import ConfigError, ModelError, PeoplesegError  # noqa: E402
 from peopleseg.infer.segmenter import Segmenter  # noqa: E402
 from peopleseg.models import ModelInfo, build_model  # noqa: E402
 from peopleseg.models.info import HALF_MEAN, HALF_STD  # noqa: E402
@@ -403,6 +404,23 @@ def test_a_keys_file_that_cannot_be_used_is_a_config_error(tmp_path: Path) -> No
         create_app(ServeConfig(api_keys_file=str(tmp_path / "missing.txt")), stand_in())
 
 
+def test_non_ascii_api_keys_are_refused_naming_where_they_came_from(tmp_path: Path) -> None:
+    # HTTP headers reach the server as latin-1 text, so a non-ASCII key would match from some clients and not others.
+    with pytest.raises(ConfigError, match=r"--api-key: .*non-ASCII"):
+        load_serve_config({"api_keys": ("ok", "clé")}, {})
+    with pytest.raises(ConfigError, match=r"PEOPLESEG_API_KEYS: .*non-ASCII"):
+        load_serve_config({}, {"PEOPLESEG_API_KEYS": "ok,clé"})
+    with pytest.raises(ConfigError, match=r"api_keys: .*non-ASCII"):
+        ServeConfig(api_keys=("ключ",))
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text("# clés de l'équipe\nok\nclé\n", encoding="utf-8")  # a comment may say what it likes
+    with pytest.raises(ConfigError, match=r"keys.txt, line 3: .*non-ASCII") as error:
+        read_keys_file(keys_file)
+    assert "\n" not in str(error.value) and "clé" not in str(error.value)  # the key itself is never echoed
+    with pytest.raises(ConfigError, match="non-ASCII"):
+        create_app(ServeConfig(api_keys_file=str(keys_file)), stand_in())
+
+
 # --- limits under load: queue, timeouts, batching -----------------------------------------------------------------
 
 
@@ -502,6 +520,27 @@ def test_a_slow_request_times_out_with_504_and_a_queued_one_is_withdrawn() -> No
 
     _run_concurrently(app, scenario)
     assert backend.batches == [1]  # the queued image was dropped once its request gave up: no work for it
+
+
+def test_requests_that_gave_up_leave_the_queue_at_once() -> None:
+    backend = GatedBackend()
+    app = create_app(ServeConfig(max_batch=1, max_queue=2, request_timeout_s=0.5), stand_in(backend))
+
+    async def scenario(http: httpx.AsyncClient, app) -> None:
+        running = asyncio.create_task(http.post("/v1/segment", content=encode(photo())))
+        await _until(backend.entered.is_set)
+        queued = await asyncio.gather(*(http.post("/v1/segment", content=encode(photo())) for _ in range(2)))
+        for response in queued:
+            assert_problem(response, 504, "timeout")
+        # The model is still busy, but the requests that gave up no longer hold the queue: ready, not busy.
+        assert app.state.batcher.depth() == 0
+        assert (await http.get("/readyz")).status_code == 200
+        backend.gate.set()
+        assert_problem(await running, 504, "timeout")
+        assert (await http.post("/v1/segment", content=encode(photo()))).status_code == 200
+
+    _run_concurrently(app, scenario)
+    assert backend.batches == [1, 1]
 
 
 def test_requests_before_startup_get_503_not_ready() -> None:
@@ -705,6 +744,82 @@ def test_stream_with_the_real_model(real_api: TestClient) -> None:
     mask = _mask_of(message)
     assert mask.shape == (512, 512) and set(np.unique(mask)) <= {0, 255}
     assert message["person_fraction"] == pytest.approx((mask == 255).mean(), abs=1e-6)
+
+
+def test_a_slow_frame_is_finished_before_the_next_one_touches_the_connection() -> None:
+    # The smoother and tracker of a connection are not thread-safe: a frame must never be followed while another is.
+    segmenter = stand_in()
+    follow, lock, active, seen = segmenter.follow, threading.Lock(), [0], []
+
+    def slow_follow(*args, **kwargs):
+        with lock:
+            active[0] += 1
+            seen.append(active[0])
+            first = len(seen) == 1
+        try:
+            if first:
+                time.sleep(1.2)  # past the request timeout
+            return follow(*args, **kwargs)
+        finally:
+            with lock:
+                active[0] -= 1
+
+    segmenter.follow = slow_follow  # type: ignore[method-assign]
+    frame = encode(photo())
+    with client(ServeConfig(request_timeout_s=0.5), segmenter) as api, api.websocket_connect("/v1/stream") as ws:
+        ws.send_bytes(frame)
+        ws.send_bytes(frame)
+        replies = [ws.receive_json() for _ in range(2)]
+    assert seen == [1, 1]  # one after the other
+    assert [reply.get("frame") for reply in replies] == [0, 1]  # the model had answered: the slow frame is not lost
+    assert [reply["people"][0]["id"] for reply in replies] == [1, 1]
+
+
+def test_a_stream_frame_that_times_out_in_the_queue_leaves_no_trace() -> None:
+    backend = GatedBackend()
+    segmenter = stand_in(backend)
+    follow, followed = segmenter.follow, []
+    segmenter.follow = lambda *args, **kwargs: followed.append(1) or follow(*args, **kwargs)  # type: ignore
+    with client(ServeConfig(request_timeout_s=0.5), segmenter) as api, api.websocket_connect("/v1/stream") as ws:
+        ws.send_bytes(encode(photo()))
+        assert ws.receive_json()["code"] == "timeout"
+        backend.gate.set()
+        ws.send_bytes(encode(photo()))
+        message = ws.receive_json()
+    assert message["frame"] == 0 and message["people"][0]["id"] == 1
+    assert followed == [1]  # the dropped frame never reached the smoother or the tracker
+
+
+class ModelFails(RedIsPerson):
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        raise ModelError("the model cannot run on this device")
+
+
+def test_a_crash_in_the_stream_is_a_json_500_and_the_stream_goes_on() -> None:
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("peopleseg")
+    logger.addHandler(handler)
+    try:
+        with client(segmenter=stand_in(Exploding())) as broken, broken.websocket_connect("/v1/stream") as ws:
+            for _ in range(2):
+                ws.send_bytes(encode(photo()))
+                message = ws.receive_json()
+                assert (message["code"], message["status"]) == ("internal", 500)
+                assert set(message) == {"error", "code", "status"} and "secret" not in message["error"]
+            ws.send_text(json.dumps({"reset": True}))
+            assert ws.receive_json()["ok"] is True  # still open
+    finally:
+        logger.removeHandler(handler)
+    errors = [record for record in records if record.levelno >= logging.ERROR]
+    assert len(errors) == 2 and "/v1/stream" in errors[0].getMessage() and errors[0].exc_info is not None
+    with client(segmenter=stand_in(ModelFails())) as failing, failing.websocket_connect("/v1/stream") as ws:
+        ws.send_bytes(encode(photo()))  # the library's own errors are answered as on HTTP
+        expected = {"error": "the model cannot run on this device", "code": "bad_request", "status": 400}
+        assert ws.receive_json() == expected
+        ws.send_bytes(encode(photo()))
+        assert ws.receive_json()["code"] == "bad_request"
 
 
 # --- COCO RLE --------------------------------------------------------------------------------------------------------

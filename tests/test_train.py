@@ -224,8 +224,70 @@ def test_init_from_weights_trains_with_dropout_and_batch_norm_on(people, tmp_pat
     assert model.training and all(module.training for module in model.modules())
 
 
+@pytest.mark.parametrize("classes", ["[background, person]", "[background, person, bag]"])
+def test_drop_path_rate_applies_to_loaded_weights_too(people, tmp_path, classes) -> None:
+    from peopleseg.models.layers import DropPath
+
+    start = build_model("segformer_b0", num_classes=2)
+    weights = save_model(start, tmp_path / "start.safetensors")
+    extra = {"model.init": weights, "model.drop_path_rate": 0.4, "model.classes": classes}
+    model = build_training_model(load_config(TrainConfig, None, overrides(people, tmp_path / "run", 2, **extra)))
+    assert max(m.drop_prob for m in model.modules() if isinstance(m, DropPath)) == pytest.approx(0.4)
+    kept = model.backbone.state_dict()
+    for name, tensor in start.backbone.state_dict().items():  # the weights themselves are the file's
+        assert torch.equal(kept[name], tensor), name
+
+
 def test_validation_interval_may_be_longer_than_an_epoch(people, tmp_path) -> None:
     # 24 images in batches of 4 make 6-batch epochs; validating every 10 batches must not fall back to every epoch.
     config = load_config(TrainConfig, None, overrides(people, tmp_path / "run", 20, **{"train.val_every": 10}))
     train(config, progress=False)
     assert [int(r["step"]) for r in rows(tmp_path / "run") if r.get("val/miou")] == [9, 19]
+
+
+def test_two_cpu_processes_train_together(people, tmp_path) -> None:
+    # DDP on CPUs (gloo): BatchNorm must stay BatchNorm there (SyncBatchNorm raises on CPU tensors). Run as its own
+    # script, because Lightning's DDP launcher starts the other rank by re-running the command line.
+    out = tmp_path / "ddp"
+    ddp = {"train.accelerator": "cpu", "train.devices": 2, "train.strategy": "ddp", "train.val_every": 2}
+    settings = overrides(people, out, 4, **ddp)
+    script = tmp_path / "ddp_train.py"
+    script.write_text(
+        "from peopleseg.config import load_config\n"
+        "from peopleseg.engine.train import train\n"
+        "from peopleseg.engine.train_config import TrainConfig\n"
+        f"summary = train(load_config(TrainConfig, None, {settings!r}), progress=False)\n"
+        "print('trained', summary.steps, summary.best_miou is not None)\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trained 4 True" in result.stdout
+    assert load_model(out / "last.safetensors").info.arch == "segformer_b0"
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("loss.class_weights=[1.0]", "loss.class_weights: must be one weight per class (2), got [1.0]"),
+        ("train.batch_size=0", "train.batch_size: must be an integer >= 1, got 0"),
+        ("train.accumulate=0", "train.accumulate: must be an integer >= 1, got 0"),
+        ("train.val_every=0", "train.val_every: must be an integer >= 1, got 0"),
+        ("train.checkpoint_every=0", "train.checkpoint_every: must be an integer >= 1, got 0"),
+        ("train.max_steps=-1", "train.max_steps: must be an integer >= 1, got -1"),
+        ("data.workers=-1", "data.workers: must be an integer >= 0, got -1"),
+        ("optim.lr=-1", "optim.lr: must be a number > 0, got -1"),
+        ("optim.lr=.nan", "optim.lr: must be a number, got nan"),
+        ("loss.ignore_index=254", "loss.ignore_index: must be 255"),
+        ("model.drop_path_rate=1.0", "model.drop_path_rate: must be a number >= 0 and < 1, got 1.0"),
+        ("data.augment.scale_range=[2.0, 0.5]", "data.augment.scale_range: must be 0 < low <= high"),
+        ("data.augment.copy_paste=1.5", "data.augment.copy_paste: must be a number >= 0 and <= 1, got 1.5"),
+        ("model.classes=[person, person]", "model.classes: must be at least two distinct, non-empty names"),
+    ],
+)
+def test_bad_training_values_are_one_line_errors_before_anything_is_written(people, tmp_path, setting, message) -> None:
+    out = tmp_path / "never"
+    config = load_config(TrainConfig, None, [*overrides(people, out, 2), setting])
+    with pytest.raises(ConfigError) as caught:
+        train(config, progress=False)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert not out.exists()

@@ -22,11 +22,12 @@ def paste_person(
     rng: np.random.Generator,
     height_range: tuple[float, float] = (0.15, 0.8),
     max_upscale: float = 1.5,
+    person_id: int = 1,
 ) -> dict[str, Any]:
-    """`sample` with one of `donor`'s people (a random connected region of class 1) pasted in; its pasted height is
-    a random fraction (`height_range`) of the sample's height, but never more than `max_upscale` times its own
-    (blown-up small people teach blur). Returns `sample` unchanged when the donor has none."""
-    person = (donor["mask"] == 1).astype(np.uint8)
+    """`sample` with one of `donor`'s people (a random connected region of label `person_id`) pasted in; its
+    pasted height is a random fraction (`height_range`) of the sample's height, but never more than `max_upscale`
+    times its own (blown-up small people teach blur). Returns `sample` unchanged when the donor has none."""
+    person = (donor["mask"] == person_id).astype(np.uint8)
     count, _, stats, _ = cv2.connectedComponentsWithStats(person, connectivity=8)
     regions = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= MIN_DONOR_PIXELS]
     if not regions:
@@ -51,10 +52,10 @@ def paste_person(
     top = int(rng.integers(0, image.shape[0] - size[1] + 1))
     left = int(rng.integers(0, image.shape[1] - size[0] + 1))
     window = (slice(top, top + size[1]), slice(left, left + size[0]))
-    is_person = patch_mask == 1
+    is_person = patch_mask == person_id
     # Only the unsure rim right around the person comes along, not the donor's other unsure pixels.
     rim = cv2.dilate(is_person.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool) & (patch_mask == IGNORE_INDEX)
     image[window][is_person] = patch_image[is_person]
-    mask[window][is_person] = 1
+    mask[window][is_person] = person_id
     mask[window][rim] = IGNORE_INDEX
     return {**sample, "image": image, "mask": mask}

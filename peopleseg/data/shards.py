@@ -153,6 +153,9 @@ class ShardDataset(IterableDataset):
         self.subsets: list[str] = sorted(index.get("subsets", [])) if index else []
         self.epoch = 0
         self._iterations = 0
+        # Anything with an int `step` (training's resume position): a resumed run seeds a stream it has not seen,
+        # instead of replaying the one its first run started with.
+        self.stream_position: Any = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -166,8 +169,9 @@ class ShardDataset(IterableDataset):
             )
         self._iterations += 1
         # Same on every rank (so the split by rank is a partition); then distinct per rank and worker.
-        order_seed = _seed(self.seed, self.epoch, self._iterations)
-        sample_seed = _seed(self.seed, self.epoch, self._iterations, rank, worker)
+        step = int(getattr(self.stream_position, "step", 0))
+        order_seed = _seed(self.seed, self.epoch, self._iterations, step)
+        sample_seed = _seed(self.seed, self.epoch, self._iterations, step, rank, worker)
         if self.resampled:
             stages: list[Any] = [wds.ResampledShards(self.urls, seed=sample_seed, deterministic=True)]
         else:

@@ -26,6 +26,7 @@ class ResumePosition:
     def __init__(self) -> None:
         self.skip_batches = 0
         self.epoch = 0  # the epoch those batches belong to
+        self.step = 0  # the global step the run resumes at (a shard stream is seeded by it)
 
 
 class SegFormerModule(pl.LightningModule):
@@ -115,6 +116,7 @@ class SegFormerModule(pl.LightningModule):
         self.resume.skip_batches = int(done)
         # A checkpoint from an epoch's last batch resumes into the next epoch, which must not be skipped.
         self.resume.epoch = int(checkpoint.get("epoch", 0))
+        self.resume.step = int(checkpoint.get("global_step", 0))
 
 
 def _restore_rng(state: dict[str, Any]) -> None:

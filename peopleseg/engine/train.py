@@ -7,8 +7,8 @@ SLURM's environment for multi-node jobs. BatchNorm becomes SyncBatchNorm only wh
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +28,8 @@ from peopleseg.models.registry import build_model
 from peopleseg.models.segformer import SegFormer
 from peopleseg.models.weights import load_model_with_report, save_model
 from peopleseg.resize_policy import BATCHABLE, single_input_policy
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,10 +74,18 @@ def _from_weights(path: str, config: TrainConfig) -> SegFormer:
     if model.info.arch != section.arch:
         raise ConfigError(f"model.init: {path} holds a {model.info.arch}, but model.arch is {section.arch}")
     info = _info_for(section.arch, config, model.info)
+    # The file's architecture options, with the config's drop-path rate (a training-time setting) on top.
+    options = dict(model.info.arch_options)
+    if section.drop_path_rate is not None:
+        options["drop_path_rate"] = section.drop_path_rate
     if info.num_classes != model.info.num_classes or section.backbone_only:
         # A new class set (or a fresh head): keep the encoder, build the head anew.
-        fresh = build_model(section.arch, info=info, **model.info.arch_options)
+        fresh = build_model(section.arch, info=info, **options)
         fresh.backbone.load_state_dict(model.backbone.state_dict())
+        return fresh
+    if options != model.info.arch_options:
+        fresh = build_model(section.arch, info=info, **options)
+        fresh.load_state_dict(model.state_dict())
         return fresh
     model.info = info
     return model
@@ -136,8 +146,8 @@ class SeededDraws(Dataset):
     epoch and index give the same crop and flip in any worker and after any resume. With `copy_paste` > 0 (and a
     dataset that can `load` raw samples) a person from another random sample is pasted in first, as seeded."""
 
-    def __init__(self, dataset: Dataset, seed: int, copy_paste: float = 0.0) -> None:
-        self.dataset, self.seed, self.copy_paste = dataset, seed, copy_paste
+    def __init__(self, dataset: Dataset, seed: int, copy_paste: float = 0.0, person_id: int = 1) -> None:
+        self.dataset, self.seed, self.copy_paste, self.person_id = dataset, seed, copy_paste, person_id
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -159,10 +169,17 @@ class SeededDraws(Dataset):
 
         try:
             sample = self.dataset.load(index)  # type: ignore[attr-defined]
-            donor = self.dataset.load(int(rng.integers(len(self))))  # type: ignore[attr-defined]
         except DataError:
             return self.dataset[index]  # the dataset's own skip_bad policy decides
-        return apply_transform(transform, paste_person(sample, donor, rng))
+        try:
+            donor = self.dataset.load(int(rng.integers(len(self))))  # type: ignore[attr-defined]
+        except DataError as exc:
+            if not getattr(self.dataset, "skip_bad", False):
+                raise  # a bad file is an error that names it, donor or not
+            self.dataset.skipped += 1  # type: ignore[attr-defined]
+            log.warning("skipping a bad copy-paste donor: %s", exc)
+            return apply_transform(transform, sample)
+        return apply_transform(transform, paste_person(sample, donor, rng, person_id=self.person_id))
 
 
 class ShardSampler(Sampler[int]):
@@ -240,11 +257,19 @@ def _single_threaded_worker(worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
+def _person_id(config: TrainConfig) -> int:
+    """The label id copy-paste cuts people out by (`TrainConfig.validate` requires the class when it is on)."""
+    classes = config.model.classes
+    return classes.index("person") if "person" in classes else 1
+
+
 def make_loaders(config: TrainConfig, info: ModelInfo, resume: ResumePosition) -> tuple[DataLoader, DataLoader | None]:
     from peopleseg.data.transforms import AugmentConfig, eval_transform, train_transform
 
     augment = AugmentConfig(**dataclasses.asdict(config.data.augment))
     train_set = make_dataset(config.data.train, config, train_transform(augment, info.mean, info.std), train=True)
+    if isinstance(train_set, IterableDataset):
+        train_set.stream_position = resume  # type: ignore[attr-defined]
     workers = config.data.workers
     common = {
         "num_workers": workers,
@@ -260,7 +285,7 @@ def make_loaders(config: TrainConfig, info: ModelInfo, resume: ResumePosition) -
             raise DataError(f"data.train: {len(train_set)} images, fewer than one batch of {config.train.batch_size}")  # type: ignore[arg-type]
         sampler = EpochSampler(len(train_set), config.train.seed, config.train.batch_size, resume)  # type: ignore[arg-type]
         train_loader = DataLoader(
-            SeededDraws(train_set, config.train.seed, augment.copy_paste),
+            SeededDraws(train_set, config.train.seed, augment.copy_paste, _person_id(config)),
             batch_size=config.train.batch_size,
             sampler=sampler,
             drop_last=True,
@@ -376,7 +401,8 @@ def train(config: TrainConfig, resume: bool | str = False, progress: bool = True
 
     from peopleseg.engine.time_budget import check_budget
 
-    check_budget(config.train.max_minutes)  # before anything is written
+    config.validate()  # before anything is written
+    check_budget(config.train.max_minutes)
     _quiet_lightning()
     out_dir = Path(config.train.out_dir)
     checkpoint_dir = out_dir / "checkpoints"
@@ -422,7 +448,10 @@ def train(config: TrainConfig, resume: bool | str = False, progress: bool = True
         callbacks.append(FitStepsToTime(config.train.max_minutes, config.train.max_steps, val_steps, prefetched))
     if progress:
         callbacks.append(RichProgressBar())
-    distributed = _world_size(config) > 1
+    # SyncBatchNorm runs on GPUs only (on CPU it raises). Every rank decides the same way from the config and the
+    # machine, never from its own view of the world size: ranks that disagreed would build different models.
+    accelerator = config.train.accelerator
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
     trainer = pl.Trainer(
         default_root_dir=out_dir,
         max_steps=config.train.max_steps,
@@ -439,7 +468,7 @@ def train(config: TrainConfig, resume: bool | str = False, progress: bool = True
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         log_every_n_steps=config.train.log_every,
-        sync_batchnorm=config.train.sync_bn and distributed,
+        sync_batchnorm=config.train.sync_bn and on_gpu,  # Lightning applies it only when several processes train
         use_distributed_sampler=False,  # our sampler splits by rank and resumes mid-epoch
         deterministic=config.train.deterministic,
         # One numbered folder per attempt (logs/version_0, version_1 after a resume …): nothing is overwritten.
@@ -473,13 +502,5 @@ def _quiet_lightning() -> None:
     # Our sampler resumes mid-epoch itself (it skips the batches already trained on).
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable")
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty")
-
-
-def _world_size(config: TrainConfig) -> int:
-    if "WORLD_SIZE" in os.environ:
-        return int(os.environ["WORLD_SIZE"])
-    devices = config.train.devices
-    count = devices if isinstance(devices, int) else len(devices) if isinstance(devices, list) else 1
-    if devices == "auto" and torch.cuda.is_available():
-        count = torch.cuda.device_count()
-    return max(count, 1) * config.train.num_nodes
+    # Validation metrics are summed across ranks by our own metric objects before they are logged.
+    warnings.filterwarnings("ignore", message=r".*self\.log\('val/.*sync_dist=True")

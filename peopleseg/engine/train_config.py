@@ -100,7 +100,7 @@ class TrainSection:
     devices: Any = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
-    sync_bn: bool = True  # converted to SyncBatchNorm only when more than one process trains
+    sync_bn: bool = True  # converted to SyncBatchNorm when several GPU processes train (it cannot run on CPU)
     seed: int = 0
     deterministic: bool = False
 
@@ -112,3 +112,92 @@ class TrainConfig:
     optim: OptimSection = field(default_factory=OptimSection)
     loss: LossSection = field(default_factory=LossSection)
     train: TrainSection = field(default_factory=TrainSection)
+
+    def validate(self) -> None:
+        """Raise `ConfigError` naming the first field out of range, before a run writes or builds anything (torch,
+        the DataLoader or Lightning would otherwise fail later, with their own words, or not at all)."""
+        model, data, augment, optim, loss, train = (
+            self.model,
+            self.data,
+            self.data.augment,
+            self.optim,
+            self.loss,
+            self.train,
+        )
+        if len(model.classes) < 2 or len(set(model.classes)) != len(model.classes) or not all(model.classes):
+            _bad("model.classes", "at least two distinct, non-empty names", model.classes)
+        if model.drop_path_rate is not None:
+            _check("model.drop_path_rate", model.drop_path_rate, 0, 1, high_open=True)
+        _check("data.workers", data.workers, 0, integer=True)
+        _check("data.shuffle_buffer", data.shuffle_buffer, 0, integer=True)
+        for index, side in enumerate(augment.crop_size):
+            _check(f"data.augment.crop_size[{index}]", side, 1, integer=True)
+        low, high = augment.scale_range
+        if not 0 < low <= high:
+            _bad("data.augment.scale_range", "0 < low <= high", list(augment.scale_range))
+        _check("data.augment.cat_max_ratio", augment.cat_max_ratio, 0, 1, low_open=True)
+        for name in ("hflip", "degrade", "copy_paste"):
+            _check(f"data.augment.{name}", getattr(augment, name), 0, 1)
+        if augment.copy_paste > 0 and "person" not in model.classes:
+            _bad(
+                "data.augment.copy_paste", "0 unless model.classes names a 'person' class to paste", augment.copy_paste
+            )
+        _check("optim.lr", optim.lr, 0, low_open=True)
+        _check("optim.weight_decay", optim.weight_decay, 0)
+        for index, beta in enumerate(optim.betas):
+            _check(f"optim.betas[{index}]", beta, 0, 1, high_open=True)
+        _check("optim.head_lr_mult", optim.head_lr_mult, 0, low_open=True)
+        _check("optim.warmup_steps", optim.warmup_steps, 0, integer=True)
+        _check("optim.warmup_ratio", optim.warmup_ratio, 0, 1, low_open=True)
+        _check("optim.poly_power", optim.poly_power, 0)
+        _check("optim.min_lr", optim.min_lr, 0)
+        if optim.grad_clip is not None:
+            _check("optim.grad_clip", optim.grad_clip, 0, low_open=True)
+        if loss.ignore_index != 255:
+            # Masks, crop padding and resizing all mark ignored pixels 255; another value would reach the loss
+            # as an out-of-range class.
+            _bad("loss.ignore_index", "255 (the value masks and padding use for ignored pixels)", loss.ignore_index)
+        if loss.class_weights is not None:
+            if len(loss.class_weights) != len(model.classes):
+                _bad("loss.class_weights", f"one weight per class ({len(model.classes)})", loss.class_weights)
+            for index, weight in enumerate(loss.class_weights):
+                _check(f"loss.class_weights[{index}]", weight, 0)
+        _check("loss.dice_weight", loss.dice_weight, 0)
+        for name in (
+            "max_steps",
+            "batch_size",
+            "accumulate",
+            "val_every",
+            "checkpoint_every",
+            "log_every",
+            "num_nodes",
+        ):
+            _check(f"train.{name}", getattr(train, name), 1, integer=True)
+
+
+def _check(
+    name: str,
+    value: Any,
+    low: float,
+    high: float | None = None,
+    *,
+    integer: bool = False,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> None:
+    kind = "an integer" if integer else "a number"
+    number = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not number or value != value:  # bools are ints to Python; NaN is not a value
+        _bad(name, kind, value)
+    too_low = value <= low if low_open else value < low
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        lower = f"> {low:g}" if low_open else f">= {low:g}"
+        upper = "" if high is None else f" and {'<' if high_open else '<='} {high:g}"
+        _bad(name, f"{kind} {lower}{upper}", value)
+
+
+def _bad(name: str, expected: str, value: Any) -> None:
+    from peopleseg.errors import ConfigError
+
+    raise ConfigError(f"{name}: must be {expected}, got {value!r}")

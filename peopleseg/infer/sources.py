@@ -8,6 +8,8 @@ skipped, and a truncated file yields the frames that decode, reports the missing
 drop reconnect with exponential backoff. `Frame.index` counts the frames yielded (0, 1, 2, ... with no gaps), and
 `on_skip`'s index is the index the next yielded frame gets (roughly: a threaded decoder holds a few frames back).
 `Frame.time_s` is the presentation time in seconds since the start of the stream, so a skip shows as a jump in it.
+`FrameSource.time_base` is the clock those times come from when they do not all fall on the 1/fps grid (variable
+frame rate), so a writer can stamp its frames exactly.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +82,8 @@ class FrameSource:
     """Iterate once over the source's `Frame`s; `close()` (or leaving the `with` block) releases it.
 
     Attributes: `spec`, `fps` (None when unknown), `width`, `height`, `frame_count` (the number of frames iteration
-    will yield when known: the stream's count, capped by `max_frames`), `has_audio` and `is_live`.
+    will yield when known: the stream's count, capped by `max_frames`), `has_audio`, `is_live` and `time_base` (the
+    stream's clock when its frame times are not all multiples of 1/fps, i.e. a variable frame rate; else None).
     """
 
     def __init__(
@@ -105,6 +109,7 @@ class FrameSource:
         self.frame_count: int | None = None
         self.has_audio = False
         self.is_live = False
+        self.time_base: Fraction | None = None
         # Held around every read and by close(), so a pipeline thread never reads from a freed container.
         self._lock = threading.Lock()
         self._closed = False
@@ -194,6 +199,11 @@ class _AvSource(FrameSource):
         self.width = stream.codec_context.width
         self.height = stream.codec_context.height
         self.has_audio = bool(self._container.streams.audio)
+        # FFmpeg's r_frame_rate is the rate every timestamp fits on; a different average means frames come at varying
+        # intervals (or with gaps), which a writer's 1/fps clock would round away.
+        base = stream.base_rate
+        if base and rate and base != rate and stream.time_base:
+            self.time_base = stream.time_base
         if kind == "file":
             self.is_live = False
         elif kind == "lavfi":
@@ -421,15 +431,9 @@ def open_source(
         if not graph:
             raise DataError(f"{spec}: empty lavfi graph; try lavfi:testsrc=size=320x240:rate=10")
         return _AvSource(spec, graph, {"format": "lavfi"}, kind="lavfi", **common)
-    scheme = spec.split("://", 1)[0].lower() if "://" in spec else ""
+    scheme = url_scheme(spec)
     if scheme in STREAM_SCHEMES:
-        micros = str(int(timeout_s * 1_000_000))
-        # rw_timeout bounds each socket read; PyAV's own timeout interrupts a blocked open or read as well.
-        options = {"rw_timeout": micros}
-        if scheme.startswith("rtsp"):
-            options |= {"rtsp_transport": "tcp", "timeout": micros}
-        kwargs = {"options": options, "timeout": (timeout_s, timeout_s)}
-        return _AvSource(spec, spec, kwargs, kind="stream", **common)
+        return _AvSource(spec, spec, network_open_kwargs(spec, timeout_s), kind="stream", **common)
     if scheme:
         raise DataError(f"{redact(spec)}: unsupported URL scheme '{scheme}://'")
     path = Path(spec)
@@ -438,3 +442,18 @@ def open_source(
     if path.is_dir():
         raise DataError(f"{spec}: is a folder, not a video")
     return _AvSource(spec, str(path), {}, kind="file", **common)
+
+
+def url_scheme(spec: str) -> str:
+    """`http` for `http://host/x.mp4`, lower case; "" for a file path."""
+    return spec.split("://", 1)[0].lower() if "://" in spec else ""
+
+
+def network_open_kwargs(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+    """`av.open` keyword arguments for a network URL, so a dead server cannot hang the caller."""
+    micros = str(int(timeout_s * 1_000_000))
+    # rw_timeout bounds each socket read; PyAV's own timeout interrupts a blocked open or read as well.
+    options = {"rw_timeout": micros}
+    if url_scheme(url).startswith("rtsp"):
+        options |= {"rtsp_transport": "tcp", "timeout": micros}
+    return {"options": options, "timeout": (timeout_s, timeout_s)}

@@ -8,16 +8,26 @@ Odd sizes: yuv420p stores colour at half resolution, so libx264 refuses odd widt
 one row and/or column, repeating the edge pixels, to the next even size (`output_width`, `output_height`); nothing is
 cropped or scaled. A pixel format without chroma subsampling (e.g. yuv444p) is written at the exact size.
 
-Frames get constant-frame-rate timestamps (frame n at n / fps). Audio from `audio_from` is remuxed packet by packet
-when its codec fits the output container, otherwise re-encoded (AAC where the container takes it). It is aligned to the
-source's first video frame and trimmed to the video that was written.
+Timestamps: `write(image, time_s)` stamps a frame at its source time, measured from the first frame's, on the
+writer's clock (`time_base`, default 1/fps), so gaps, skipped frames and variable frame rates stay in step with the
+audio; a time that does not move forward continues one frame step after the previous frame. Without `time_s` frames
+get constant-rate timestamps (frame n at n / fps), as do constant-rate sources either way.
+
+Colour: frames are converted with the BT.601 limited-range matrix, and the stream says so (smpte170m primaries,
+transfer and matrix, tv range): untagged, players take HD video for BT.709 and shift its colours.
+
+Audio from `audio_from` (a file, or an http(s)/... URL opened with the same timeouts as `sources.open_source`) is
+remuxed packet by packet when its codec fits the output container, otherwise re-encoded (AAC where the container takes
+it). It is aligned to the source's first video frame and trimmed to the video that was written. A URL whose audio
+cannot be opened or read on is reported and left out; the video goes on.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from types import TracebackType
@@ -29,7 +39,8 @@ import numpy as np
 
 from peopleseg.atomic import atomic_path
 from peopleseg.errors import DataError
-from peopleseg.infer.sources import codec_threads
+from peopleseg.infer import sources
+from peopleseg.infer.sources import codec_threads, network_open_kwargs, redact, url_scheme
 
 # Container format per suffix: the temp file's own suffix (".tmp") says nothing, so the format is named explicitly.
 FORMATS = {
@@ -49,6 +60,9 @@ FALLBACK_CODECS = ("libx264", "libvpx-vp9", "libvpx", "libsvtav1", "mpeg4")
 CRF_CODECS = {"libx264", "libx265", "libvpx", "libvpx-vp9", "libaom-av1", "libsvtav1"}
 # FFmpeg's default layout per channel count, for sources whose layout is only "N channels".
 DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+# FFmpeg's AVCOL_* numbers for BT.601 as `write` converts (smpte170m primaries, transfer and matrix; tv range).
+BT601_SMPTE170M = 6
+RANGE_TV = 1
 
 
 class _Aborted(Exception):
@@ -70,6 +84,8 @@ class VideoWriter:
         crf: int = 23,
         pixel_format: str = "yuv420p",
         options: dict[str, str] | None = None,
+        time_base: Fraction | None = None,
+        report: Callable[[str], None] | None = None,
     ) -> None:
         self.path = Path(path)
         if not fps or fps <= 0:
@@ -85,20 +101,26 @@ class VideoWriter:
         self.frames_written = 0
         self._rate = Fraction(self.fps).limit_denominator(1001 * 1000)  # 29.97 -> 30000/1001
         self._closed = False
+        self._report = report or _warn
+        self._first_time_s: float | None = None  # the source time of the first frame: output time 0
+        self._last_pts = -1
+        self._end_s = 0.0  # output time at the end of the last frame written
         self._audio_in: av.container.InputContainer | None = None
         self._audio_out: Any = None
         self._audio_copy = False
         self._audio_packets: Iterator[av.Packet] | None = None
         self._audio_next: av.Packet | None = None
         self._audio_offset_s = 0.0
+        self._audio_trim = False  # drop audio before output time 0 (set when the first frame is late, see `write`)
+        self._audio_url: str | None = None  # a network source: its failures leave the audio out, not the video
         self._atomic = atomic_path(self.path)
         temp = self._atomic.__enter__()
         try:
             container_options = {"movflags": "+faststart"} if fmt in ("mp4", "mov") else {}
             self._container = av.open(str(temp), "w", format=fmt, container_options=container_options)
-            self._setup_video(codec, crf, pixel_format, options or {})
+            self._setup_video(codec, crf, pixel_format, options or {}, time_base)
             if audio_from is not None:
-                self._setup_audio(Path(audio_from))
+                self._setup_audio(audio_from)
         except BaseException as exc:
             self._discard()
             if isinstance(exc, DataError):
@@ -109,10 +131,13 @@ class VideoWriter:
 
     # -- set-up -------------------------------------------------------------------------------------------------------
 
-    def _setup_video(self, codec: str, crf: int, pixel_format: str, options: dict[str, str]) -> None:
+    def _setup_video(
+        self, codec: str, crf: int, pixel_format: str, options: dict[str, str], time_base: Fraction | None
+    ) -> None:
         codec = self._pick_codec(codec)
         try:
-            chroma = av.VideoFormat(pixel_format, 3, 3).components[-1]
+            probe = av.VideoFormat(pixel_format, 3, 3)
+            chroma = probe.components[-1]
         except (ValueError, av.FFmpegError):
             raise DataError(f"{self.path}: unknown pixel format '{pixel_format}'") from None
         # A 3x3 probe shows the subsampling: chroma planes 2 wide (or high) need even sizes.
@@ -137,10 +162,18 @@ class VideoWriter:
         stream.height = self.output_height
         stream.pix_fmt = pixel_format
         self._yuv420 = pixel_format == "yuv420p"  # frames then go in already converted (see `write`)
+        if not probe.is_rgb:
+            context = stream.codec_context
+            context.color_primaries = context.color_trc = context.colorspace = BT601_SMPTE170M
+            context.color_range = RANGE_TV
         if codec not in CRF_CODECS:
             stream.bit_rate = _bit_rate(self.output_width, self.output_height, self.fps)
         self._video = stream
-        self._time_base = Fraction(self._rate.denominator, self._rate.numerator)
+        self._time_base = time_base or Fraction(self._rate.denominator, self._rate.numerator)
+        if time_base is not None:
+            stream.codec_context.time_base = time_base
+        # Ticks of one frame at the nominal rate: where a source's time stalls or jumps back, frames go on at this step.
+        self._step = max(1, round(1 / (self._rate * self._time_base)))
 
     def _pick_codec(self, codec: str) -> str:
         try:
@@ -156,13 +189,23 @@ class VideoWriter:
                     return fallback
         raise DataError(f"{self.path}: a {self.path.suffix} file cannot hold {codec} video; pick another codec")
 
-    def _setup_audio(self, source: Path) -> None:
-        if not source.exists():
-            raise DataError(f"{source}: no such file (audio_from)")
-        try:
-            audio_in = av.open(str(source))
-        except (av.FFmpegError, OSError) as exc:
-            raise DataError(f"{source}: cannot read audio ({_one_line(exc)})") from None
+    def _setup_audio(self, audio_from: str | os.PathLike[str]) -> None:
+        spec = os.fspath(audio_from)
+        if url_scheme(spec):
+            self._audio_url = redact(spec)
+            try:
+                audio_in = sources._open_container(spec, **network_open_kwargs(spec))
+            except (av.FFmpegError, OSError) as exc:
+                self._report(f"{self.path}: audio left out: cannot open {self._audio_url} ({_one_line(exc)})")
+                return
+        else:
+            source = Path(spec)
+            if not source.exists():
+                raise DataError(f"{source}: no such file (audio_from)")
+            try:
+                audio_in = av.open(str(source))
+            except (av.FFmpegError, OSError) as exc:
+                raise DataError(f"{source}: cannot read audio ({_one_line(exc)})") from None
         if not audio_in.streams.audio:
             audio_in.close()  # nothing to keep: the output is silent, as the source was
             return
@@ -192,8 +235,9 @@ class VideoWriter:
 
     # -- writing ------------------------------------------------------------------------------------------------------
 
-    def write(self, image: np.ndarray) -> None:
-        """Append one RGB uint8 [height, width, 3] frame."""
+    def write(self, image: np.ndarray, time_s: float | None = None) -> None:
+        """Append one RGB uint8 [height, width, 3] frame, shown at source time `time_s` (seconds; see the module
+        docstring) or, without it, one frame step after the previous one."""
         if self._closed:
             raise DataError(f"{self.path}: write after close")
         if image.dtype != np.uint8 or image.shape != (self.height, self.width, 3):
@@ -211,15 +255,31 @@ class VideoWriter:
             frame = av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
         else:
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-        frame.pts = self.frames_written
+        pts = self._next_pts(time_s)
+        frame.pts = pts
         frame.time_base = self._time_base
         try:
             for packet in self._video.encode(frame):
                 self._container.mux(packet)
             self.frames_written += 1
-            self._pump_audio(self.frames_written / self.fps)
+            self._last_pts = pts
+            self._end_s = float((pts + self._step) * self._time_base)
+            self._pump_audio(self._end_s)
         except (av.FFmpegError, OSError) as exc:
             raise DataError(f"{self.path}: frame {self.frames_written}: cannot encode ({_one_line(exc)})") from None
+
+    def _next_pts(self, time_s: float | None) -> int:
+        """The frame's pts on the writer's clock: its source time since the first frame, strictly increasing."""
+        if time_s is None:
+            return self._last_pts + self._step
+        if self._first_time_s is None:
+            self._first_time_s = time_s
+            if time_s > 1e-6 and not self._audio_trim:
+                # The first frame came late (frames before it skipped): the audio starts with it, not before.
+                self._audio_offset_s += time_s
+                self._audio_trim = True
+        pts = round((time_s - self._first_time_s) / self._time_base)
+        return pts if pts > self._last_pts else self._last_pts + self._step
 
     def _pump_audio(self, until_s: float) -> None:
         """Mux the source's audio up to `until_s` of output time, so audio and video stay interleaved."""
@@ -227,7 +287,7 @@ class VideoWriter:
             return
         while True:
             if self._audio_next is None:
-                self._audio_next = next(self._audio_packets, None)
+                self._audio_next = self._next_audio_packet()
                 if self._audio_next is None:
                     self._audio_packets = None
                     return
@@ -236,9 +296,12 @@ class VideoWriter:
                 self._audio_next = None  # the demuxer's final empty packet
                 continue
             start = packet.pts if packet.pts is not None else packet.dts
-            if float(start * packet.time_base) - self._audio_offset_s >= until_s:
+            at = float(start * packet.time_base) - self._audio_offset_s
+            if at >= until_s:
                 return
             self._audio_next = None
+            if self._audio_trim and at < 0:
+                continue  # sound from before the first frame written
             shift = round(self._audio_offset_s / packet.time_base)
             if self._audio_copy:
                 if packet.pts is not None:
@@ -254,6 +317,17 @@ class VideoWriter:
                     for out in self._audio_out.encode(frame):
                         self._container.mux(out)
 
+    def _next_audio_packet(self) -> av.Packet | None:
+        packets: Iterator[av.Packet] = self._audio_packets  # type: ignore[assignment]
+        if self._audio_url is None:
+            return next(packets, None)
+        try:
+            return next(packets, None)
+        except (av.FFmpegError, OSError) as exc:
+            # A network hiccup: the frames go on without sound rather than the run failing for it.
+            self._report(f"{self.path}: audio from {self._audio_url} stops at {self._end_s:.1f} s ({_one_line(exc)})")
+            return None
+
     # -- finishing ----------------------------------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -266,7 +340,7 @@ class VideoWriter:
             self._discard()
             return
         try:
-            self._pump_audio(self.frames_written / self.fps)
+            self._pump_audio(self._end_s)
             for packet in self._video.encode(None):
                 self._container.mux(packet)
             if self._audio_out is not None and not self._audio_copy:
@@ -326,4 +400,8 @@ def _bit_rate(width: int, height: int, fps: float) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return redact(" ".join(str(exc).split())) or type(exc).__name__
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=4)

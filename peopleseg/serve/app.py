@@ -54,6 +54,7 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 SUMMARY_HEADERS = ("X-People-Count", "X-Person-Fraction", "X-Batch-Size", "X-Image-Size")
 WS_POLICY_VIOLATION = 1008  # the WebSocket close code for "not allowed", e.g. a missing or wrong key
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
+INTERNAL_ERROR = "internal server error (the server log has the details)"
 
 
 def configure_logging(level: str) -> None:
@@ -411,16 +412,16 @@ async def _stream(websocket: WebSocket, alpha: float, smooth: bool, app: FastAPI
                 return
             data = message.get("bytes") or b""
             try:
-                reply = await asyncio.wait_for(
-                    _stream_frame(data, frame, config, batcher, metrics, segmenter, smoother, tracker),
-                    config.request_timeout_s,
-                )
-            except asyncio.TimeoutError:
-                reply = _problem_message(ServeProblem(504, "timeout", "the frame took too long and was dropped"))
+                reply = await _stream_frame(data, frame, config, batcher, metrics, segmenter, smoother, tracker)
             except ServeProblem as problem:
                 reply = _problem_message(problem)
             except DataError as exc:
                 reply = _problem_message(ServeProblem(400, "bad_image", str(exc)))
+            except PeoplesegError as exc:  # as on HTTP: the library's own errors describe the input
+                reply = _problem_message(ServeProblem(400, "bad_request", str(exc)))
+            except Exception as exc:  # one frame's crash answers that frame; the stream goes on
+                log.error("unexpected error on WS %s, frame %d", websocket.url.path, frame, exc_info=exc)
+                reply = _problem_message(ServeProblem(500, "internal", INTERNAL_ERROR))
             else:
                 frame += 1
                 metrics.stream_frames.inc()
@@ -445,8 +446,18 @@ async def _stream_frame(
         raise ServeProblem(400, "no_image", "send each frame as a binary message (JPEG or PNG)")
     if len(data) > config.max_upload_bytes:
         raise ServeProblem(413, "upload_too_large", f"the frame is {len(data)} bytes, over {config.max_upload_bytes}")
-    image = await run_in_threadpool(decode_image, data, config.max_pixels)
-    batched = await _submit(batcher, metrics, image)
+
+    async def decode_and_segment() -> tuple[np.ndarray, Any]:
+        image = await run_in_threadpool(decode_image, data, config.max_pixels)
+        return image, await _submit(batcher, metrics, image)
+
+    # The timeout covers only the steps that keep no state of the connection. Once the model has answered, the
+    # frame is followed to the end before the next one starts: a frame abandoned in its thread would race the next
+    # over the connection's smoother and tracker (neither is thread-safe), and feed them after it was dropped.
+    try:
+        image, batched = await asyncio.wait_for(decode_and_segment(), config.request_timeout_s)
+    except asyncio.TimeoutError:
+        raise ServeProblem(504, "timeout", "the frame took too long and was dropped") from None
 
     def follow_and_encode() -> dict[str, Any]:
         result = segmenter.follow(batched.result, smoother, tracker, image=image)
@@ -529,7 +540,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-        return problem_response(500, "internal", "internal server error (the server log has the details)")
+        return problem_response(500, "internal", INTERNAL_ERROR)
 
 
 class CatchAllMiddleware:
@@ -557,7 +568,7 @@ class CatchAllMiddleware:
             log.error("unexpected error on %s %s", scope.get("method"), scope.get("path"), exc_info=exc)
             if started:
                 raise  # half a response is out: the connection can only be dropped
-            response = problem_response(500, "internal", "internal server error (the server log has the details)")
+            response = problem_response(500, "internal", INTERNAL_ERROR)
             await response(scope, receive, send)
 
 

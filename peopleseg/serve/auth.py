@@ -20,7 +20,8 @@ class ApiKeys:
     """The set of accepted keys; an empty set means authentication is off."""
 
     def __init__(self, keys: Iterable[str] = ()) -> None:
-        # Bytes, so compare_digest accepts any characters (it refuses non-ASCII str).
+        # Bytes, so compare_digest accepts any candidate (it refuses non-ASCII str). The config admits only ASCII
+        # keys: headers arrive as latin-1 text, JSON as Unicode, and ASCII is the one text both read the same.
         self._keys = tuple(dict.fromkeys(key.encode("utf-8") for key in keys if key))
 
     @property

@@ -6,7 +6,8 @@ thread of its own, so the event loop keeps accepting and answering requests mean
 one gathers, so under load batches fill up without waiting at all. `max_batch=1` is one image at a time.
 
 A full queue refuses at once (`QueueFull`, which the app answers with 503 and Retry-After) instead of letting latency
-and memory grow without bound. A request that gave up (timed out, disconnected) is dropped before its batch runs.
+and memory grow without bound. A request that gave up (timed out, disconnected) leaves the queue at once: it neither
+runs nor takes room.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class Batched(Generic[Result]):
     batch_size: int
 
 
-@dataclass
+@dataclass(eq=False)  # a job is itself: equality by identity, so the queue can withdraw it (items may be arrays)
 class _Job(Generic[Item]):
     item: Item
     future: asyncio.Future
@@ -148,7 +149,13 @@ class MicroBatcher(Generic[Item, Result]):
         job = _Job(item, asyncio.get_running_loop().create_future(), time.perf_counter())
         self._pending.append(job)
         self._wakeup.set()
-        return await job.future
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            # Leave the queue now, not when the batch running meanwhile ends: dead jobs would fill it (503 busy).
+            with contextlib.suppress(ValueError):  # already taken for a batch
+                self._pending.remove(job)
+            raise
 
     # --- the worker --------------------------------------------------------------------------------------------------
 

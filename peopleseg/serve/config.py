@@ -23,6 +23,9 @@ from peopleseg.resize_policy import CHOICES
 ENV_PREFIX = "PEOPLESEG_"
 # `--workers N` starts N processes; each rebuilds the app from this variable (a JSON ServeConfig).
 CONFIG_ENV = "PEOPLESEG_SERVE_CONFIG"
+# HTTP headers reach the server as latin-1 text while clients send UTF-8 or latin-1 bytes: only ASCII keys match
+# the same way from every client.
+NON_ASCII_KEY = "an API key has a non-ASCII character; use ASCII keys (HTTP headers carry no other text reliably)"
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ class ServeConfig:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
         if any(not key or key != key.strip() for key in self.api_keys):
             raise ConfigError("api_keys: a key is empty or has surrounding spaces")
+        if not all(key.isascii() for key in self.api_keys):
+            raise ConfigError(f"api_keys: {NON_ASCII_KEY}")
 
     @property
     def max_upload_bytes(self) -> int:
@@ -123,6 +128,9 @@ def load_serve_config(flags: Mapping[str, Any] | None = None, environ: Mapping[s
             values[spec.name] = flags[spec.name]
         elif environ.get(env_name(spec.name), "").strip():
             values[spec.name] = _parse_env(spec.name, environ[env_name(spec.name)].strip())
+    if not all(key.isascii() for key in values.get("api_keys", ())):
+        where = "--api-key" if flags.get("api_keys") is not None else env_name("api_keys")
+        raise ConfigError(f"peopleseg serve: {where}: {NON_ASCII_KEY}")
     try:
         return ServeConfig(**values)
     except ConfigError as exc:
@@ -135,10 +143,17 @@ def read_keys_file(path: str | os.PathLike[str]) -> tuple[str, ...]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the API keys file ({exc.__class__.__name__})") from None
-    keys = tuple(line.strip() for line in lines if line.strip() and not line.strip().startswith("#"))
+    keys: list[str] = []
+    for number, line in enumerate(lines, 1):
+        key = line.strip()
+        if not key or key.startswith("#"):
+            continue
+        if not key.isascii():
+            raise ConfigError(f"{path}, line {number}: {NON_ASCII_KEY}")  # the line, never the key itself
+        keys.append(key)
     if not keys:
         raise ConfigError(f"{path}: the API keys file holds no keys")
-    return keys
+    return tuple(keys)
 
 
 def _parse_env(name: str, text: str) -> Any:
