@@ -375,6 +375,15 @@ def test_shards_split_across_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert len([next(resampled) for _ in range(20)]) == 20  # endless: the trainer bounds the epoch
 
 
+def test_shard_labels_beyond_the_models_classes_are_an_error_naming_the_sample(tmp_path: Path) -> None:
+    images, masks = make_folder(tmp_path, ["a.png", "b.png"], size=(8, 8))
+    write(masks / "b.png", np.full((8, 8), 3, np.uint8))  # a four-class mask
+    pack_shards(SegmentationFolder(images, masks, num_classes=4), tmp_path / "shards", progress=False)
+    assert len(list(ShardDataset(tmp_path / "shards", shuffle_buffer=0, num_classes=4))) == 2
+    with pytest.raises(DataError, match=r"shard-000000\.tar: sample 000000001: label value 3 outside 0\.\.1"):
+        list(ShardDataset(tmp_path / "shards", shuffle_buffer=0, num_classes=2))
+
+
 def test_a_resumed_shard_stream_does_not_replay_the_first_runs_samples(tmp_path: Path) -> None:
     from peopleseg.engine.module import ResumePosition
 

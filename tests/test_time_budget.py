@@ -128,6 +128,18 @@ def test_a_resumed_run_starts_from_its_fit_and_spends_what_is_left(monkeypatch) 
     assert callback.state_dict()["spent_s"] == pytest.approx(30.0 + took)
 
 
+def test_a_run_resumed_with_a_larger_budget_fits_anew_and_spends_it(monkeypatch) -> None:
+    # A finished 1-minute run, resumed with 2 minutes: its old count (its last step) would end it at once.
+    callback = FitStepsToTime(2.0, 10_000, None)
+    callback.load_state_dict({"fitted_steps": 321, "spent_s": 60.0, "budget_s": 60.0})
+    assert callback.fitted_steps is None
+    run = SimulatedRun(monkeypatch, callback, start_step=321)
+    took = run.run(lambda step: 0.1)
+    first = next(fit for fit in run.fits if fit is not None)  # after a new probe
+    assert first > 321 + 400  # about 60 s more of 0.1 s steps
+    assert 54.0 <= took <= 60.0
+
+
 def test_a_budgeted_run_stops_in_time_with_its_schedule_annealed(people, tmp_path) -> None:
     out = tmp_path / "budget"
     extra = {"train.max_minutes": 0.1, "train.checkpoint_every": 1000, "optim.warmup_steps": 2}

@@ -291,3 +291,39 @@ def test_bad_training_values_are_one_line_errors_before_anything_is_written(peop
         train(config, progress=False)
     assert message in str(caught.value) and "\n" not in str(caught.value)
     assert not out.exists()
+
+
+def test_a_validation_set_smaller_than_the_process_count_is_refused(people, tmp_path) -> None:
+    # One image for two processes: the rank without one would skip validation while the other waited for it.
+    first = sorted((people / "images/val").rglob("*.jpg"))[0].relative_to(people / "images/val")
+    (tmp_path / "one.txt").write_text(f"{first}\n")
+    val = f"{{images: {people / 'images/val'}, masks: {people / 'masks/val'}, list_file: {tmp_path / 'one.txt'}}}"
+    ddp = {"train.accelerator": "cpu", "train.devices": 2, "train.strategy": "ddp", "data.val": val}
+    args = [sys.executable, "-m", "peopleseg.cli", "train", "-q"]
+    for item in overrides(people, tmp_path / "run", 4, **ddp):
+        args += ["--set", item]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "error: data.val: 1 image(s) for 2 training processes; each needs one or more" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("environ", "first"),
+    [
+        ({}, True),
+        ({"LOCAL_RANK": "1"}, False),  # Lightning's launcher starting rank 1
+        ({"LOCAL_RANK": "0", "NODE_RANK": "2"}, False),
+        ({"RANK": "0", "LOCAL_RANK": "0"}, True),  # torchrun
+        ({"RANK": "5", "LOCAL_RANK": "1"}, False),
+        ({"SLURM_PROCID": "3"}, False),
+    ],
+)
+def test_only_the_first_process_cleans_up_and_writes_the_config(monkeypatch, environ, first) -> None:
+    from peopleseg.engine.train import _first_process
+
+    for name in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert _first_process() is first

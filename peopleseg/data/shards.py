@@ -35,6 +35,7 @@ from torch.utils.data import Dataset, IterableDataset
 from peopleseg.atomic import atomic_open, atomic_path
 from peopleseg.data.folder import apply_transform
 from peopleseg.data.image_io import pil_to_rgb
+from peopleseg.data.masks import check_labels
 from peopleseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ class ShardDataset(IterableDataset):
         self.resampled = resampled
         self.sample_count: int | None = index.get("samples") if index else None
         self.class_count: int = int(index.get("class_count", num_classes)) if index else num_classes
+        self.num_classes = num_classes  # what the consumer's model predicts: every label must be below it
         self.subsets: list[str] = sorted(index.get("subsets", [])) if index else []
         self.epoch = 0
         self._iterations = 0
@@ -184,7 +186,10 @@ class ShardDataset(IterableDataset):
         yield from wds.DataPipeline(*stages)
 
     def _decode(self, raw: Mapping[str, Any]) -> dict[str, Any]:
-        return apply_transform(self.transform, decode_sample(raw))
+        sample = decode_sample(raw)
+        where = f"{raw.get('__url__', '?')}: sample {raw.get('__key__', '?')}"
+        check_labels(sample["mask"], self.num_classes, where)  # an out-of-range label would crash the loss
+        return apply_transform(self.transform, sample)
 
 
 def decode_sample(raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -67,11 +67,17 @@ class FitStepsToTime(pl.Callback):
     # --- state: the fit and the time spent travel in the checkpoint ---------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {"fitted_steps": self.fitted_steps, "spent_s": self.spent_s()}
+        return {"fitted_steps": self.fitted_steps, "spent_s": self.spent_s(), "budget_s": self.budget_s}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.fitted_steps = state.get("fitted_steps")
         self._spent_before = float(state.get("spent_s", 0.0))
+        saved_budget = state.get("budget_s")
+        if saved_budget is not None and abs(float(saved_budget) - self.budget_s) > 1e-6:
+            # A new budget (say, a finished run resumed to train longer): the old count fitted the old one.
+            log.info("train.max_minutes changed from %.4g to %.4g: fitting the step count anew",
+                     float(saved_budget) / 60, self.budget_s / 60)  # fmt: skip
+            self.fitted_steps = None
 
     def spent_s(self, now: float | None = None) -> float:
         if not self._started:

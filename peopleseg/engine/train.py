@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
@@ -203,6 +205,20 @@ class ShardSampler(Sampler[int]):
         return iter(self._indices())
 
 
+class _EveryRankValidates(pl.Callback):
+    """Refuses, on every rank alike, a validation set smaller than the number of processes: a rank with no image
+    would skip validation while the others wait for it in the metrics' sum, for ever."""
+
+    def __init__(self, images: int) -> None:
+        self.images = images
+
+    def on_fit_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.world_size > self.images:
+            raise ConfigError(
+                f"data.val: {self.images} image(s) for {trainer.world_size} training processes; each needs one or more"
+            )
+
+
 def make_dataset(split: SplitSection, config: TrainConfig, transform: Any, train: bool) -> Dataset:
     from peopleseg.data.folder import SegmentationFolder
     from peopleseg.data.masks import Palette
@@ -211,13 +227,20 @@ def make_dataset(split: SplitSection, config: TrainConfig, transform: Any, train
     if split.shards:
         from peopleseg.data.shards import ShardDataset
 
-        return ShardDataset(
+        shards = ShardDataset(
             split.shards,
             shuffle_buffer=data.shuffle_buffer if train else 0,
             transform=transform,
             seed=config.train.seed,
             resampled=train,
+            num_classes=len(config.model.classes),
         )
+        if shards.class_count > len(config.model.classes):
+            raise ConfigError(
+                f"data.{'train' if train else 'val'}.shards: packed with {shards.class_count} classes, but "
+                f"model.classes has {len(config.model.classes)}"
+            )
+        return shards
     if not split.images:
         raise ConfigError(f"data.{'train' if train else 'val'}: give 'images' (and 'masks' or 'coco') or 'shards'")
     if split.coco:
@@ -413,9 +436,10 @@ def train(config: TrainConfig, resume: bool | str = False, progress: bool = True
             raise ConfigError(f"--resume: no checkpoint at {ckpt_path}")
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*checkpoint_dir.glob(".*.tmp"), *out_dir.glob(".*.tmp")]:
-        stale.unlink(missing_ok=True)  # a save cut short by a kill: its target was never replaced
-    save_config(config, out_dir / "config.yaml")
+    if _first_process():  # the others would race it: a rank deleting the temp file another rank is writing
+        for stale in [*checkpoint_dir.glob(".*.tmp"), *out_dir.glob(".*.tmp")]:
+            stale.unlink(missing_ok=True)  # a save cut short by a kill: its target was never replaced
+        save_config(config, out_dir / "config.yaml")
 
     model = build_training_model(config)
     resume_position = ResumePosition()
@@ -428,6 +452,8 @@ def train(config: TrainConfig, resume: bool | str = False, progress: bool = True
         _weights_callback(out_dir),
     ]
     if val_loader is not None:
+        if isinstance(val_loader.sampler, ShardSampler):
+            callbacks.append(_EveryRankValidates(val_loader.sampler.size))
         callbacks.append(
             ModelCheckpoint(
                 dirpath=checkpoint_dir,
@@ -488,6 +514,15 @@ def train(config: TrainConfig, resume: bool | str = False, progress: bool = True
         last_weights=out_dir / "last.safetensors",
         best_weights=best_weights if best_weights.exists() else None,
     )
+
+
+def _first_process() -> bool:
+    """Whether this is a run's first process, known before the process group exists: torchrun and SLURM set a
+    global rank; Lightning's own launcher starts the other local ranks with LOCAL_RANK (and NODE_RANK per node)."""
+    for name in ("RANK", "SLURM_PROCID"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name]) == 0
+    return all(int(os.environ.get(name, "0") or 0) == 0 for name in ("NODE_RANK", "LOCAL_RANK"))
 
 
 def _quiet_lightning() -> None:
