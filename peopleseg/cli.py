@@ -140,9 +140,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from peopleseg.export.run import options_from_args, parity_table, run_export
     from peopleseg.models.weights import load_model
 
+    source = args.model
+    if source == "default":  # as infer and evaluate accept it: the bundled model
+        from peopleseg.assets import default_weights_path
+
+        weights = default_weights_path()
+        if weights is None:
+            raise PeoplesegError("export default: this install bundles no default model")
+        source = str(weights)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        model = load_model(args.model)
+        model = load_model(source)
     summary = run_export(model, options_from_args(args))
     print(parity_table(summary))
     print("wrote: " + ", ".join(str(p) for p in summary.files))
@@ -273,7 +281,6 @@ def _add_folder_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _cmd_autolabel(args: argparse.Namespace) -> int:
     from peopleseg.autolabel.run import AutolabelConfig, autolabel, plan_inputs
-    from peopleseg.autolabel.specs import build_teacher
 
     config = AutolabelConfig(
         background_below=args.background_below,
@@ -283,9 +290,10 @@ def _cmd_autolabel(args: argparse.Namespace) -> int:
         max_video_frames=args.max_frames,
         max_side=args.max_side,
         min_confidence=args.min_confidence,
+        relabel=args.relabel,
     )
     # The inputs first: a missing file is the user's first problem, before a teacher is loaded (or found missing).
-    plan_inputs(args.inputs, config.prior_masks)
+    plan_inputs(args.inputs, config.prior_masks, exclude=args.output)
     if args.ray is not None:
         from peopleseg.autolabel.ray_runner import autolabel_on_ray
 
@@ -300,8 +308,8 @@ def _cmd_autolabel(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
     else:
-        teacher = build_teacher(args.teacher, tta=args.tta)
-        summary = autolabel(args.inputs, args.output, teacher, config, progress=not args.quiet)
+        # Specs, not a teacher: autolabel builds it and closes it (an RVM Node process) when done.
+        summary = autolabel(args.inputs, args.output, args.teacher, config, progress=not args.quiet, tta=args.tta)
     agreement = ""
     if summary.prior_agreement:
         agreement = (
@@ -541,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     labeler.add_argument("--max-frames", type=positive_int, help="stop each video after this many frames")
     labeler.add_argument("--max-side", type=int, default=1024, help="downscale stored samples to this side (0: keep)")
     labeler.add_argument("--min-confidence", type=float, default=0.0, help="drop samples with fewer sure pixels")
+    labeler.add_argument(
+        "--relabel", action="store_true", help="label every input again, even over labels made with other settings"
+    )
     labeler.add_argument("--shards", help="also pack the dataset into WebDataset shards in this folder")
     labeler.add_argument(
         "--ray",

@@ -20,9 +20,10 @@ of the street photos) then only ever join training, and the held-out split stays
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
+
+from peopleseg.autolabel.run import latest_samples, read_manifest
 
 SOURCES_WITH_MASKS = {"vikramshenoy-human-seg": "masks", "coco128-seg": "masks"}
 
@@ -43,8 +44,9 @@ def main() -> None:
     parser.add_argument("--min-street-confidence", type=float, default=0.955)
     parser.add_argument("--extend", metavar="NAME", help="keep OUT's split; write OUT/NAME = train + new samples")
     args = parser.parse_args()
-    records = [json.loads(line) for line in (args.labels / "manifest.jsonl").read_text().splitlines()]
-    records = sorted((r for r in records if "key" in r), key=lambda r: r["key"])
+    # The manifest as autolabel reads it: a cut last line left out, and a redone sample counted once (its last record,
+    # or not at all when it was then dropped as unsure), so no sample lands in both train and held-out.
+    records = sorted(latest_samples(read_manifest(args.labels / "manifest.jsonl")[0]).values(), key=lambda r: r["key"])
     if args.extend:
         extend(records, args.out, args.extend, args.min_street_confidence)
         return

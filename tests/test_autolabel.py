@@ -112,7 +112,9 @@ def write_video(path: Path, frames: int = 12) -> Path:
 
 
 def read_records(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    """The manifest's records after its settings record."""
+    records = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    return [r for r in records if "settings" not in r]
 
 
 # --- label policy -------------------------------------------------------------------------------------------------
@@ -257,7 +259,7 @@ def test_autolabel_resumes_and_survives_a_cut_manifest_line(tmp_path: Path) -> N
     # A crash mid-write leaves half a line: it is dropped, and that sample is labelled again.
     manifest = out / "manifest.jsonl"
     lines = manifest.read_text().splitlines(keepends=True)
-    manifest.write_text("".join(lines[:3]) + lines[3][:20])
+    manifest.write_text("".join(lines[:4]) + lines[4][:20])  # the settings record and 3 samples kept
     second = RedTeacher()
     summary = autolabel([str(tmp_path / "in")], out, second, progress=False)
     assert second.calls == 1 and summary.skipped_done == 3 and summary.labelled == 1
@@ -311,7 +313,7 @@ def test_video_state_is_carried_and_resumes_with_warmup(tmp_path: Path) -> None:
     # Done videos are skipped; an interrupted one restarts two frames before its first missing sample.
     assert autolabel([str(video)], out, CountingTeacher(), config, progress=False).skipped_done == 1
     lines = (out / "manifest.jsonl").read_text().splitlines(keepends=True)
-    (out / "manifest.jsonl").write_text("".join(lines[:2]))  # frames 0 and 3 kept; 6, 9 and the done mark lost
+    (out / "manifest.jsonl").write_text("".join(lines[:3]))  # settings, frames 0 and 3 kept; 6, 9, done mark lost
     resumed = CountingTeacher()
     summary = autolabel([str(video)], out, resumed, config, progress=False)
     assert summary.labelled == 2 and resumed.seen == 12 - 2  # frames 2..11: warm-up 2, 3, then 4..11

@@ -160,3 +160,25 @@ def test_two_videos_with_one_name_keep_both_outputs(data_dir, tmp_path) -> None:
     argv = ["infer", str(tmp_path / "talk.mp4"), str(tmp_path / "talk.mkv"), "-o", str(out), "--output", "json"]
     assert main([*argv, "-m", "segformer_b0", "--max-frames", "2", "-q"]) == 0
     assert sorted(p.name for p in out.glob("*.jsonl")) == ["talk_mkv.jsonl", "talk_mp4.jsonl"]
+
+
+def test_export_takes_default_as_infer_does(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    argv = ["export", "default", "-o", str(tmp_path / "default.onnx"), "--input-size", "128", "128"]
+    assert main(argv) == 0
+    assert (tmp_path / "default.onnx").stat().st_size > 1_000_000
+
+
+def test_autolabel_refuses_other_settings_over_old_labels_unless_told_to_relabel(data_dir, tmp_path, capsys) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "messi5.jpg").write_bytes((data_dir / "messi5.jpg").read_bytes())
+    out = tmp_path / "labels"
+    base = ["autolabel", str(photos), "-o", str(out), "-t", "peopleseg:segformer_b0", "-q"]
+    assert main([*base, "--max-side", "256"]) == 0
+    capsys.readouterr()
+    assert main([*base, "--max-side", "128"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "labelled with other settings" in err[0] and "--relabel" in err[0]
+    assert main([*base, "--max-side", "128", "--relabel"]) == 0
+    assert "labelled 1 samples" in capsys.readouterr().out

@@ -6,6 +6,7 @@ consistent state per view: flipped frames never feed the unflipped state.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import cv2
@@ -26,7 +27,7 @@ class EnsembleTeacher:
         weights = [1.0] * len(teachers) if weights is None else list(weights)
         if len(weights) != len(teachers):
             raise ConfigError(f"ensemble: {len(weights)} weights for {len(teachers)} teachers")
-        if any(w < 0 for w in weights) or sum(weights) <= 0:
+        if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
             raise ConfigError(f"ensemble: weights must be >= 0 with a positive sum, got {weights}")
         total = sum(weights)
         self.teachers = list(teachers)

@@ -18,18 +18,20 @@ from typing import Any
 
 import numpy as np
 
+from peopleseg.autolabel.ensemble import parse_tta
 from peopleseg.autolabel.run import (
     AutolabelConfig,
     AutolabelSummary,
     Manifest,
     SampleWriter,
     WorkItem,
-    autolabel,
     count_record,
     label_still,
+    label_video,
     plan_inputs,
+    video_done,
 )
-from peopleseg.errors import DataError, ModelError
+from peopleseg.errors import ConfigError, DataError, ModelError, PeoplesegError
 
 
 def _ray() -> Any:
@@ -56,18 +58,44 @@ class _LabelActor:
         for path, key, prior in zip(batch["path"], batch["key"], batch["prior"], strict=True):
             item = WorkItem(str(path), str(key), str(prior) or None)
             try:
-                record = label_still(item, self.teacher, self.writer)
-                results.append(json.dumps({"dropped": key} if record is None else record))
+                results.append(json.dumps(label_still(item, self.teacher, self.writer)))
             except DataError as exc:
                 results.append(json.dumps({"error": str(exc)}))
         return {"result": np.array(results, dtype=object)}
 
 
-def _label_video_remote(spec: str, out: str, specs: list[str], tta: str, config: dict[str, Any]) -> dict[str, Any]:
+def _label_video_remote(
+    spec: str, source: str, out: str, specs: list[str], tta: str, config: dict[str, Any], records: dict[str, Any]
+) -> dict[str, Any]:
+    """Label one video; its records go back to the driver, which alone appends to the shared manifest."""
     from peopleseg.autolabel.specs import build_teacher
 
-    summary = autolabel([spec], out, build_teacher(specs, tta=tta), AutolabelConfig(**config), progress=False)
-    return dataclasses.asdict(summary)
+    options = AutolabelConfig(**config)
+    manifest = _Collected(Path(out), records)
+    summary = AutolabelSummary()
+    teacher = build_teacher(specs, tta=tta)
+    try:
+        writer = SampleWriter(Path(out), options, teacher.name)
+        label_video(spec, source, teacher, writer, manifest, summary, options, lambda n: None)  # type: ignore[arg-type]
+    finally:
+        teacher.close()
+    return {"summary": dataclasses.asdict(summary), "records": manifest.added}
+
+
+class _Collected:
+    """A Manifest stand-in for a video task: the video's earlier records to resume from, and the new ones kept."""
+
+    def __init__(self, out: Path, records: dict[str, Any]) -> None:
+        self.out = out
+        self.records: dict[str, dict[str, Any]] = records["records"]
+        self.dropped: set[str] = set(records["dropped"])
+        self.added: list[dict[str, Any]] = []
+
+    def done(self, key: str, out: Path) -> bool:
+        return Manifest.done(self, key, out)  # type: ignore[arg-type]
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.added.append(record)
 
 
 def autolabel_on_ray(
@@ -83,18 +111,35 @@ def autolabel_on_ray(
     progress: bool = True,
 ) -> AutolabelSummary:
     """`autolabel` over Ray: `address` of a running cluster, or None for a local one with `workers` CPUs."""
-    ray = _ray()
+    from peopleseg.autolabel.specs import TeacherSpec, build_teacher
+
     config = config or AutolabelConfig()
+    specs = list(teacher_specs)
+    if not specs:
+        raise ConfigError("autolabel: give at least one --teacher")
+    for spec in specs:  # a bad spec is a one-line error here, not a worker's traceback
+        TeacherSpec.parse(spec)
+    if tta:
+        parse_tta(tta)
     out = Path(out).resolve()
-    stills, videos = plan_inputs(inputs, config.prior_masks)
+    stills, videos = plan_inputs(inputs, config.prior_masks, exclude=out)
+    ray = _ray()
     manifest = Manifest(out)
+    try:
+        # The driver builds the teacher once for its name only, to check and record the settings as a local run does.
+        probe = build_teacher(specs, tta=tta)
+        probe.close()
+        manifest.use_settings(config.settings(probe.name), config.relabel)
+    except BaseException:
+        manifest.close()
+        raise
     summary = AutolabelSummary()
     todo = [w for w in stills if not manifest.done(w.key, out)]
     summary.skipped_done = len(stills) - len(todo)
-    videos_todo = [spec for spec, _ in videos if spec not in manifest.videos_done]
+    videos_todo = [(spec, source) for spec, source in videos if not video_done(spec, source, manifest, out)]
     summary.skipped_done += len(videos) - len(videos_todo)
     options = dataclasses.asdict(config)
-    specs, start = list(teacher_specs), time.perf_counter()
+    start = time.perf_counter()
     started_here = not ray.is_initialized()
     if started_here:
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
@@ -117,12 +162,22 @@ def autolabel_on_ray(
             )
             for row in labelled.iter_rows():
                 _collect(json.loads(row["result"]), manifest, summary)
-        manifest.close()  # video tasks append to the manifest themselves
         remote = ray.remote(num_cpus=1)(_label_video_remote)
-        for result in ray.get([remote.remote(spec, str(out), specs, tta, options) for spec in videos_todo]):
-            summary.labelled += result["labelled"]
-            summary.dropped_low_confidence += result["dropped_low_confidence"]
-            summary.failed += result["failed"]
+        tasks = [
+            remote.remote(spec, source, str(out), specs, tta, options, _video_records(manifest, source))
+            for spec, source in videos_todo
+        ]
+        for result in ray.get(tasks):
+            for record in result["records"]:
+                manifest.add(record)
+            summary.labelled += result["summary"]["labelled"]
+            summary.dropped_low_confidence += result["summary"]["dropped_low_confidence"]
+            summary.failed += result["summary"]["failed"]
+    except ray.exceptions.RayError as exc:
+        own = _peopleseg_error(exc)
+        if own is None:
+            raise
+        raise own from None
     finally:
         manifest.close()
         if started_here:
@@ -135,4 +190,26 @@ def _collect(record: dict[str, Any], manifest: Manifest, summary: AutolabelSumma
     if "error" in record:
         summary.failed.append(record["error"])
     else:
-        count_record(None if "dropped" in record else record, manifest, summary)
+        count_record(record, manifest, summary)
+
+
+def _video_records(manifest: Manifest, source: str) -> dict[str, Any]:
+    """The manifest's records of one video, what its task needs to resume."""
+    prefix = f"{source}/"
+    return {
+        "records": {k: r for k, r in manifest.records.items() if k.startswith(prefix)},
+        "dropped": [k for k in manifest.dropped if k.startswith(prefix)],
+    }
+
+
+def _peopleseg_error(exc: BaseException) -> PeoplesegError | None:
+    """Our own error (a ConfigError in a worker's teacher, say) inside Ray's wrappers, to report it in one line."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, PeoplesegError):
+            return current
+        seen.add(id(current))
+        cause = getattr(current, "cause", None)
+        current = cause if isinstance(cause, BaseException) else current.__cause__
+    return None

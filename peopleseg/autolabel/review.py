@@ -11,6 +11,7 @@ import html
 import io
 import os
 import random
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,9 @@ import numpy as np
 from PIL import Image
 
 from peopleseg.atomic import atomic_open
-from peopleseg.autolabel.run import MANIFEST, read_manifest
+from peopleseg.autolabel.run import MANIFEST, latest_samples, read_manifest
 from peopleseg.data.image_io import read_image, write_image
-from peopleseg.data.masks import IGNORE_INDEX
+from peopleseg.data.masks import IGNORE_INDEX, read_mask
 from peopleseg.errors import ConfigError, DataError
 
 THUMB = 256
@@ -33,14 +34,13 @@ def manifest_samples(dataset: str | os.PathLike[str]) -> list[dict[str, Any]]:
     path = Path(dataset) / MANIFEST
     if not path.exists():
         raise DataError(f"{dataset}: no {MANIFEST}; is this a folder written by `peopleseg autolabel`?")
-    records = {r["key"]: r for r in read_manifest(path)[0] if "key" in r}  # a redone sample's last record wins
-    return list(records.values())
+    return list(latest_samples(read_manifest(path)[0]).values())  # a redone sample's last record wins
 
 
 def thumbnail(dataset: Path, record: dict[str, Any], size: int = THUMB) -> np.ndarray:
     """The sample's image with person pixels tinted green and unsure ones red, fitted in a size x size tile."""
     image = read_image(dataset / record["image"])
-    labels = np.asarray(Image.open(dataset / record["mask"]))
+    labels = read_mask(dataset / record["mask"], num_classes=2)
     scale = size / max(image.shape[:2])
     dims = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
     image = cv2.resize(image, dims, interpolation=cv2.INTER_AREA).astype(np.float32)
@@ -79,10 +79,23 @@ def write_review(
     suffix = output.suffix.lower()
     if suffix not in (".png", ".html", ".htm"):
         raise ConfigError(f"{output}: the review sheet must be .png or .html")
-    records = pick(manifest_samples(dataset), count, sort, seed)
-    if not records:
-        raise DataError(f"{dataset}: the manifest lists no samples yet")
-    tiles = [thumbnail(dataset, r) for r in records]
+    samples = manifest_samples(dataset)
+    # Samples whose files were deleted (or damaged) since are left out and counted, not fatal: the sheet is a look.
+    present = [r for r in samples if (dataset / r["image"]).is_file() and (dataset / r["mask"]).is_file()]
+    records, tiles, gone = [], [], len(samples) - len(present)
+    for record in pick(present, len(present), sort, seed):
+        if len(tiles) == count:
+            break
+        try:
+            tiles.append(thumbnail(dataset, record))
+            records.append(record)
+        except DataError as exc:
+            gone += 1
+            print(f"peopleseg autolabel review: skipped {exc}", file=sys.stderr)
+    if gone:
+        print(f"peopleseg autolabel review: {gone} listed samples have missing or unreadable files", file=sys.stderr)
+    if not tiles:
+        raise DataError(f"{dataset}: the manifest lists no samples with their files yet")
     if suffix == ".png":
         rows = -(-len(tiles) // columns)
         sheet = np.full((rows * THUMB, min(columns, len(tiles)) * THUMB, 3), 32, np.uint8)

@@ -8,7 +8,9 @@ Layout of OUT (each source gets a sub-folder, so `subset_from_subfolder` reports
     OUT/manifest.jsonl                 one record per label: teacher, confidence, person fraction, source file
 
 Re-running skips what the manifest already holds; a video resumes after its last labelled frame, warming the
-teacher's recurrent state up on the frames just before it.
+teacher's recurrent state up on the frames just before it. The manifest's first record holds the settings the labels
+were made with; resuming with other settings is refused unless `relabel` is set. A redone sample appends a new record
+(the last record per key wins; `{"dropped": key}` means the sample was dropped as unsure).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +48,7 @@ class AutolabelConfig:
     `video_warmup`: frames re-run before the resume point of an interrupted video, to rebuild that state.
     `max_side`: downscale stored images and labels so their longer side is at most this (0 keeps them).
     `min_confidence`: drop samples where fewer than this fraction of pixels got a confident label.
+    `relabel`: label every input again even when the output folder holds labels made with other settings.
     """
 
     background_below: float = 0.3
@@ -57,6 +61,7 @@ class AutolabelConfig:
     min_confidence: float = 0.0
     jpeg_quality: int = 95
     save_probs: bool = True
+    relabel: bool = False
 
     def __post_init__(self) -> None:
         LabelPolicy(self.background_below, self.person_above)  # validates the thresholds
@@ -74,6 +79,17 @@ class AutolabelConfig:
     @property
     def policy(self) -> LabelPolicy:
         return LabelPolicy(self.background_below, self.person_above)
+
+    def settings(self, teacher: str) -> dict[str, Any]:
+        """What the labels depend on: a resume with other values would mix two kinds of labels in one dataset."""
+        return {
+            "teacher": teacher,  # includes any TTA views, e.g. "red+tta(flip)"
+            "background_below": self.background_below,
+            "person_above": self.person_above,
+            "video_every": self.video_every,
+            "max_video_frames": self.max_video_frames,
+            "max_side": self.max_side,
+        }
 
 
 @dataclass
@@ -99,18 +115,24 @@ class WorkItem:
     prior: str | None = None
 
 
-def plan_inputs(inputs: Sequence[str], prior_masks: str | None = None) -> tuple[list[WorkItem], list[tuple[str, str]]]:
-    """Stills as `WorkItem`s and videos as (spec, source name), from files, folders (recursive) and globs."""
+def plan_inputs(
+    inputs: Sequence[str], prior_masks: str | None = None, exclude: str | os.PathLike[str] | None = None
+) -> tuple[list[WorkItem], list[tuple[str, str]]]:
+    """Stills as `WorkItem`s and videos as (spec, source name), from files, folders (recursive) and globs.
+
+    Files under `exclude` (the output folder) are skipped, so an output inside an input is not labelled as input.
+    """
     import glob
 
+    skip = Path(exclude).resolve() if exclude is not None else None
     stills: list[WorkItem] = []
-    videos: list[tuple[str, str]] = []
+    videos: list[tuple[str, Path | None]] = []
     for item in inputs:
         path = Path(item)
         if is_video(item) and not path.is_dir():
             if "://" not in item and not path.exists():
                 raise DataError(f"{item}: no such file")
-            videos.append((item, _safe(path.stem if "://" not in item else "stream")))
+            videos.append((item, path if "://" not in item else None))
             continue
         if path.is_dir():
             root, files = path, sorted(p for p in path.rglob("*") if p.is_file())
@@ -123,22 +145,49 @@ def plan_inputs(inputs: Sequence[str], prior_masks: str | None = None) -> tuple[
             root = Path(os.path.commonpath([str(p.parent) for p in files]))
         else:
             raise DataError(f"{item}: no such file or folder")
+        if skip is not None:
+            files = [f for f in files if not f.resolve().is_relative_to(skip)]
         source = _source_name(root)
         for file in files:
             suffix = file.suffix.lower()
             if suffix in VIDEO_SUFFIXES:
-                videos.append((str(file), _safe(file.stem)))
+                videos.append((str(file), file))
             elif suffix in IMAGE_SUFFIXES:
                 relative = file.relative_to(root).with_suffix("")
                 prior = _find_prior(prior_masks, relative) if prior_masks else None
                 stills.append(WorkItem(str(file), f"{source}/{relative.as_posix()}", prior))
-    keys = [w.key for w in stills]
-    if len(set(keys)) != len(keys):
-        duplicate = next(k for k in keys if keys.count(k) > 1)
-        raise DataError(f"two inputs map to the same sample {duplicate!r}; give their folders different names")
     if not stills and not videos:
         raise DataError(f"no images or videos found in {', '.join(inputs)}")
-    return stills, videos
+    named = _video_sources(videos, {w.key.split("/", 1)[0] for w in stills})
+    _check_unique([w.key for w in stills], [source for _, source in named])
+    return stills, named
+
+
+def _video_sources(videos: list[tuple[str, Path | None]], still_sources: set[str]) -> list[tuple[str, str]]:
+    """Each video's sample folder: its stem, or where that clashes with another video or a photo folder, the stem
+    under its parent folder (`day1/cam`), as photos mirror theirs, so no two sources share (and resume) one folder."""
+    plain = [_safe(path.stem) if path is not None else "stream" for _, path in videos]
+    taken = Counter(plain)
+    named = []
+    for (spec, path), name in zip(videos, plain, strict=True):
+        if path is not None and (taken[name] > 1 or name in still_sources):
+            name = f"{_source_name(path.parent)}/{name}"
+        named.append((spec, name))
+    return named
+
+
+def _check_unique(still_keys: list[str], video_sources: list[str]) -> None:
+    """One check over all samples: two stills with one key, or a video folder shared with another video or stills."""
+    seen: set[str] = set()
+    for key in still_keys:
+        if key in seen:
+            raise DataError(f"two inputs map to the same sample {key!r}; give their folders different names")
+        seen.add(key)
+    folders = {"/".join(key.split("/")[:depth]) for key in still_keys for depth in range(1, key.count("/") + 1)}
+    for source in video_sources:
+        if source in folders:
+            raise DataError(f"two inputs map to the same sample folder {source!r}; give their files different names")
+        folders.add(source)
 
 
 # Folder names that say nothing about where the pictures came from: the parent names the source instead.
@@ -188,13 +237,27 @@ def read_manifest(path: Path) -> tuple[list[dict[str, Any]], int]:
     return records, complete
 
 
+def latest_samples(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The samples a manifest holds now: the last record per key wins, and a later `dropped` record removes one."""
+    samples: dict[str, dict[str, Any]] = {}
+    for record in records:
+        if "key" in record:
+            samples[record["key"]] = record
+        elif "dropped" in record:
+            samples.pop(record["dropped"], None)
+    return samples
+
+
 class Manifest:
     """The append-only record of finished samples; the source of truth for resuming."""
 
     def __init__(self, out: Path) -> None:
+        self.out = out
         self.path = out / MANIFEST
         self.records: dict[str, dict[str, Any]] = {}
+        self.dropped: set[str] = set()
         self.videos_done: set[str] = set()
+        self.settings: dict[str, Any] | None = None
         if self.path.exists():
             self._load()
         out.mkdir(parents=True, exist_ok=True)
@@ -203,23 +266,51 @@ class Manifest:
     def _load(self) -> None:
         records, complete = read_manifest(self.path)
         for record in records:
-            if "video_done" in record:
-                self.videos_done.add(record["video_done"])
-            else:
-                self.records[record["key"]] = record
+            self._book(record)
         if complete < self.path.stat().st_size:  # drop the line a crash cut, so appends start on a fresh line
             with open(self.path, "r+b") as handle:
                 handle.truncate(complete)
 
+    def _book(self, record: dict[str, Any]) -> None:
+        if "key" in record:
+            self.records[record["key"]] = record
+            self.dropped.discard(record["key"])
+        elif "dropped" in record:
+            self.records.pop(record["dropped"], None)
+            self.dropped.add(record["dropped"])
+        elif "video_done" in record:
+            self.videos_done.add(record["video_done"])
+        elif "video_redo" in record:
+            self.videos_done.discard(record["video_redo"])
+        elif "settings" in record:
+            self.settings = record["settings"]
+
+    def use_settings(self, settings: dict[str, Any], relabel: bool = False) -> None:
+        """Record the settings of this run; a ConfigError if the labels already here were made with others."""
+        if relabel:
+            self.records.clear()  # every input is labelled again; its new record supersedes the old one
+            self.dropped.clear()
+            self.videos_done.clear()
+        elif self.settings is not None and self.settings != settings:
+            changed = ", ".join(
+                f"{k} {self.settings.get(k)!r} -> {v!r}" for k, v in settings.items() if self.settings.get(k) != v
+            )
+            raise ConfigError(
+                f"{self.path}: labelled with other settings ({changed}); "
+                "use a new output folder, or relabel=True (--relabel) to label everything again"
+            )
+        if self.settings != settings or relabel:
+            self.add({"settings": settings})
+
     def done(self, key: str, out: Path) -> bool:
+        """Labelled with its files in place, or dropped as unsure (not worth a teacher pass again)."""
+        if key in self.dropped:
+            return True
         record = self.records.get(key)
         return record is not None and (out / record["mask"]).exists() and (out / record["image"]).exists()
 
     def add(self, record: dict[str, Any]) -> None:
-        if "key" in record:
-            self.records[record["key"]] = record
-        else:
-            self.videos_done.add(record["video_done"])
+        self._book(record)
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
 
@@ -250,7 +341,8 @@ class SampleWriter:
         stats = LabelStats.of(labels)
         record |= {"confidence": round(stats.confidence, 4), "person_fraction": round(stats.person_fraction, 4)}
         if stats.confidence < self.config.min_confidence:
-            return None
+            # Recorded, so a resume skips it and a redone sample's older record stops counting.
+            return {"dropped": key, "source": source, "confidence": record["confidence"]}
         record |= {"image": f"images/{key}.jpg", "mask": f"masks/{key}.png"}
         write_image(self.out / record["image"], image, quality=self.config.jpeg_quality)
         write_image(self.out / record["mask"], labels)
@@ -276,9 +368,15 @@ class SampleWriter:
 
 
 def read_prior(path: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A dataset's own mask as 0/1/255 labels: 0/1 ids, or 0/255 foreground (any value above 127 is a person)."""
+    """A dataset's own mask as 0/1/255 labels.
+
+    0/1 ids (255 kept as ignore, as this project writes them), else 0/255 or greyscale foreground (above 127 is a
+    person). Only the presence of 1 tells 0/1/255 labels from a 0/255 mask.
+    """
     raw = read_mask(path, num_classes=256)
-    labels = (raw > 127).astype(np.uint8) if raw.max() > 1 else raw.astype(np.uint8)
+    values = set(np.unique(raw).tolist())
+    ids = values <= {0, 1} or (values <= {0, 1, 255} and 1 in values)
+    labels = raw.astype(np.uint8) if ids else (raw > 127).astype(np.uint8)
     if labels.shape != shape:
         raise DataError(f"{path}: mask is {labels.shape[1]}x{labels.shape[0]}, its image {shape[1]}x{shape[0]}")
     return labels
@@ -290,16 +388,30 @@ Progress = Callable[[int], None]
 def autolabel(
     inputs: Sequence[str],
     out: str | os.PathLike[str],
-    teacher: Teacher,
+    teacher: Teacher | Sequence[str],
     config: AutolabelConfig | None = None,
     *,
     progress: bool = True,
+    tta: str = "",
 ) -> AutolabelSummary:
-    """Label `inputs` (images, folders, globs, videos) with `teacher` into the folder dataset `out`."""
+    """Label `inputs` (images, folders, globs, videos) with `teacher` into the folder dataset `out`.
+
+    `teacher` is a Teacher (left open: the caller owns it) or teacher specs with `tta`, built here and closed after.
+    """
     config = config or AutolabelConfig()
     out = Path(out)
-    stills, videos = plan_inputs(inputs, config.prior_masks)
+    stills, videos = plan_inputs(inputs, config.prior_masks, exclude=out)
     manifest = Manifest(out)
+    built = None
+    try:
+        if not isinstance(teacher, Teacher):
+            from peopleseg.autolabel.specs import build_teacher
+
+            teacher = built = build_teacher(list(teacher), tta=tta)
+        manifest.use_settings(config.settings(teacher.name), config.relabel)
+    except BaseException:
+        manifest.close()
+        raise
     writer = SampleWriter(out, config, teacher.name)
     summary = AutolabelSummary()
     start = time.perf_counter()
@@ -316,21 +428,33 @@ def autolabel(
                 rate = summary.labelled / max(1e-9, time.perf_counter() - start)
                 bar.update(task, advance=1, rate=f"{rate:.2f} img/s")
             for spec, source in videos:
-                if spec in manifest.videos_done:
+                if video_done(spec, source, manifest, out):
                     summary.skipped_done += 1
                     continue
                 task = bar.add_task(f"{source}", total=config.max_video_frames, rate="")
                 advance = lambda n, t=task: bar.update(t, advance=n)  # noqa: E731
-                _label_video(spec, source, teacher, writer, manifest, summary, config, advance)
+                label_video(spec, source, teacher, writer, manifest, summary, config, advance)
     finally:
-        teacher.close()
+        if built is not None:
+            built.close()
         manifest.close()
         summary.seconds = time.perf_counter() - start
     return summary
 
 
-def label_still(item: WorkItem, teacher: Teacher, writer: SampleWriter) -> dict[str, Any] | None:
-    """Label one still and store it; its manifest record, or None when dropped as unsure. DataError names the file."""
+def video_done(spec: str, source: str, manifest: Manifest, out: Path) -> bool:
+    """Marked done with every labelled frame's files in place; a done video missing some is relabelled from there."""
+    if spec not in manifest.videos_done:
+        return False
+    prefix = f"{source}/"
+    if all(manifest.done(key, out) for key in manifest.records if key.startswith(prefix)):
+        return True
+    manifest.add({"video_redo": spec})
+    return False
+
+
+def label_still(item: WorkItem, teacher: Teacher, writer: SampleWriter) -> dict[str, Any]:
+    """Label one still and store it; its manifest record (`dropped` when unsure). DataError names the file."""
     image = read_image(item.path)
     prior = read_prior(item.prior, image.shape[:2]) if item.prior else None
     teacher.reset()
@@ -350,18 +474,18 @@ def _label_still(
     count_record(record, manifest, summary)
 
 
-def count_record(record: dict[str, Any] | None, manifest: Manifest, summary: AutolabelSummary) -> None:
-    """Book one labelled sample (None: dropped as unsure) into the manifest and the summary."""
-    if record is None:
+def count_record(record: dict[str, Any], manifest: Manifest, summary: AutolabelSummary) -> None:
+    """Book one labelled sample (or one dropped as unsure) into the manifest and the summary."""
+    manifest.add(record)
+    if "dropped" in record:
         summary.dropped_low_confidence += 1
         return
-    manifest.add(record)
     summary.labelled += 1
     if "prior_agreement" in record:
         summary.prior_agreement.append(record["prior_agreement"])
 
 
-def _label_video(
+def label_video(
     spec: str,
     source: str,
     teacher: Teacher,
@@ -374,8 +498,11 @@ def _label_video(
     from peopleseg.infer.sources import open_source
 
     prefix = f"{source}/"
-    done = [int(k[len(prefix) :]) for k in manifest.records if k.startswith(prefix) and k[len(prefix) :].isdigit()]
-    resume_at = max(done) + 1 if done else 0
+    keys = [k for k in [*manifest.records, *manifest.dropped] if k.startswith(prefix) and k[len(prefix) :].isdigit()]
+    labelled = {int(k[len(prefix) :]): k for k in keys}
+    missing = [i for i, key in labelled.items() if not manifest.done(key, manifest.out)]
+    # Resume after the last frame, or at the first whose files are gone (the state must reach it in order).
+    resume_at = min(missing) if missing else max(labelled, default=-1) + 1
     warm_from = max(0, resume_at - config.video_warmup) if resume_at else 0
 
     def on_skip(index: int, reason: str) -> None:
@@ -392,7 +519,7 @@ def _label_video(
                     continue
                 key = f"{source}/{frame.index:06d}"
                 record = writer.write(key, frame.image, check_probabilities(probs, frame.image, teacher.name), spec)
-                if record is not None:
+                if "key" in record:
                     record["frame"] = frame.index
                 count_record(record, manifest, summary)
     except DataError as exc:

@@ -11,6 +11,7 @@ Every kind also takes `weight=W` (its share in an ensemble).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -45,6 +46,10 @@ class TeacherSpec:
             else:
                 raise ConfigError(f"--teacher {text!r}: two positional values ({arg!r} and {part!r})")
         weight = _number(text, options.pop("weight", "1"), "weight")
+        if not math.isfinite(weight) or weight < 0:
+            raise ConfigError(f"--teacher {text!r}: weight must be a finite number >= 0, got {weight}")
+        if kind == "rvm":  # checked here too, so a driver (--ray) refuses it before any worker starts
+            _rvm_numbers(text, options)
         if kind in ("onnx", "peopleseg") and not arg:
             raise ConfigError(f"--teacher {text!r}: {kind} needs a model, as {kind}:PATH")
         return cls(kind, arg, options, weight)
@@ -55,8 +60,9 @@ class TeacherSpec:
         if self.kind == "rvm":
             from peopleseg.autolabel.rvm import RvmTeacher
 
-            ratio = _number(text, options.pop("ratio", "1.0"), "ratio")
-            max_side = int(_number(text, options.pop("max_side", "1024"), "max_side"))
+            ratio, max_side = _rvm_numbers(text, options)
+            for key in ("ratio", "max_side"):
+                options.pop(key, None)
             _no_more(text, options)
             return RvmTeacher(self.arg, downsample_ratio=ratio, max_side=max_side)
         if self.kind == "mediapipe":
@@ -82,6 +88,16 @@ def _number(text: str, value: str, key: str) -> float:
         return float(value)
     except ValueError:
         raise ConfigError(f"--teacher {text!r}: {key} must be a number, got {value!r}") from None
+
+
+def _rvm_numbers(text: str, options: dict[str, str]) -> tuple[float, int]:
+    ratio = _number(text, options.get("ratio", "1.0"), "ratio")
+    max_side = _number(text, options.get("max_side", "1024"), "max_side")
+    if not 0.05 <= ratio <= 1.0:  # also false for nan
+        raise ConfigError(f"--teacher {text!r}: ratio must be in 0.05..1, got {ratio}")
+    if not (math.isfinite(max_side) and max_side >= 32):  # RVM downsamples 32x: anything smaller has no pixels
+        raise ConfigError(f"--teacher {text!r}: max_side must be >= 32, got {options.get('max_side')}")
+    return ratio, int(max_side)
 
 
 def _no_more(text: str, options: dict[str, str]) -> None:

@@ -72,7 +72,10 @@ def _build_training_model(config: TrainConfig) -> SegFormer:
 
 def _from_weights(path: str, config: TrainConfig) -> SegFormer:
     section = config.model
-    model, _ = load_model_with_report(path, backbone_only=section.backbone_only, strict=not section.backbone_only)
+    model, report = load_model_with_report(path, backbone_only=section.backbone_only, strict=not section.backbone_only)
+    if report.missing:  # extra keys in an encoder file are harmless; missing ones would start partly random
+        shown = ", ".join(report.missing[:3]) + (", …" if len(report.missing) > 3 else "")
+        raise ConfigError(f"model.init: {path} lacks {len(report.missing)} encoder weight(s) ({shown})")
     if model.info.arch != section.arch:
         raise ConfigError(f"model.init: {path} holds a {model.info.arch}, but model.arch is {section.arch}")
     info = _info_for(section.arch, config, model.info)
