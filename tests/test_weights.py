@@ -94,7 +94,8 @@ def test_bare_encoder_needs_backbone_only(b0, tmp_path) -> None:
         assert torch.equal(model.backbone.state_dict()[key], value)
 
 
-def test_mmseg_native_encoder(b0, tmp_path) -> None:
+def _mmseg_native_state(b0: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The encoder of `b0` under mmseg 1.x's native MiT key names (`layers.N.…`, nn.MultiheadAttention)."""
     state = {}
     for key, value in b0.backbone.state_dict().items():
         if m := re.match(r"patch_embed(\d)\.(proj|norm)\.(.*)", key):
@@ -120,6 +121,11 @@ def test_mmseg_native_encoder(b0, tmp_path) -> None:
                 )
             else:
                 state[base + rest] = value
+    return state
+
+
+def test_mmseg_native_encoder(b0, tmp_path) -> None:
+    state = _mmseg_native_state(b0)
     path = tmp_path / "mmseg.pth"
     torch.save({"state_dict": state, "meta": {"epoch": 1}}, path)
     model, report = load_model_with_report(path, backbone_only=True)

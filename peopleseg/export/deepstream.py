@@ -26,6 +26,7 @@ from pathlib import Path
 
 from peopleseg.atomic import atomic_open, atomic_path
 from peopleseg.errors import ConfigError, ModelError
+from peopleseg.export.tensorrt import check_symmetric_qdq
 from peopleseg.models.info import ModelInfo
 
 OUTPUT_KINDS = ("argmax", "logits", "probs")
@@ -372,6 +373,8 @@ def write_deepstream(
             raise ConfigError(
                 f"{onnx_file}: precision int8 needs an explicitly quantised (QDQ) ONNX or a calibration_file"
             )
+        if summary.quantized:
+            check_symmetric_qdq(onnx_file)  # nvinfer builds with TensorRT, which takes zero point 0 only
     norm = deepstream_normalisation(info, normalized_in_graph)
     if norm.note:
         warnings.warn(f"DeepStream config for {onnx_file.name}: {norm.note}", stacklevel=2)

@@ -28,7 +28,8 @@ from peopleseg.models.lean import lean_network
 from peopleseg.models.segformer import SegFormer
 
 OUTPUT_KINDS = ("argmax", "logits", "probs")
-SUPPORTED_OPSETS = range(13, 21)
+# 14 is the floor: the attention's scaled_dot_product_attention exports from opset 14 on.
+SUPPORTED_OPSETS = range(14, 21)
 
 
 @dataclass
@@ -87,14 +88,50 @@ def export_onnx(
     much).
     """
     try:
-        import onnx
+        import onnx  # noqa: F401  (checked here, before any work; used in _export)
     except ImportError:
         raise ModelError("ONNX export needs onnx: pip install onnx onnxruntime") from None
-    if opset not in SUPPORTED_OPSETS:
-        raise ConfigError(f"opset {opset} is not supported; use {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1}")
+    check_opset(opset)
     path = Path(path)
     if cascade_upsampling and not lean:
         raise ConfigError("cascade_upsampling rewrites the lean graph's decoder: it needs lean=True")
+    # The caller's model is exported on the CPU in eval mode, then given back on its own device and in its own mode.
+    training = model.training
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    try:
+        return _export(
+            model, path, batch, opset, check, check_batch, output_kind, normalize_in_graph, dynamic_hw, slim,
+            fold, lean, cascade_upsampling,
+        )  # fmt: skip
+    finally:
+        model.train(training).to(device)
+
+
+def check_opset(opset: object) -> int:
+    """`opset` when the exporter supports it, else a one-line ConfigError."""
+    if not isinstance(opset, int) or isinstance(opset, bool) or opset not in SUPPORTED_OPSETS:
+        low, high = SUPPORTED_OPSETS.start, SUPPORTED_OPSETS.stop - 1
+        raise ConfigError(f"opset {opset} is not supported; use {low}-{high} (the attention needs opset 14 or later)")
+    return opset
+
+
+def _export(
+    model: SegFormer,
+    path: Path,
+    batch: int,
+    opset: int,
+    check: bool,
+    check_batch: int,
+    output_kind: str,
+    normalize_in_graph: bool,
+    dynamic_hw: bool,
+    slim: bool,
+    fold: bool,
+    lean: bool,
+    cascade_upsampling: bool,
+) -> OnnxExportResult:
+    import onnx
+
     if lean:
         network = lean_network(model.eval().cpu(), cascade_upsampling=cascade_upsampling)
     else:
@@ -107,7 +144,7 @@ def export_onnx(
     try:
         with atomic_path(path) as temp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice is not the user's concern
-            # The TorchScript-based exporter writes opset 13-20 directly, which TensorRT and DeepStream take as is.
+            # The TorchScript-based exporter writes opset 14-20 directly, which TensorRT and DeepStream take as is.
             torch.onnx.export(
                 wrapper,
                 (example,),

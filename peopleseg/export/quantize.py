@@ -186,6 +186,7 @@ def quantize_int8(
             extra["QDQOpTypePerChannelSupportToAxis"] = {"LayerNormalization": 0}
         if config.activation_type == "int8":
             extra["ActivationSymmetric"] = True  # TensorRT takes zero-point-0 int8 Q/DQ only
+            extra["QuantizeBias"] = False  # and float biases: it fuses them itself, and has no int32 dequantisation
         quantized = Path(work) / "int8.onnx"
         arguments = dict(
             quant_format=quantization.QuantFormat.QDQ,

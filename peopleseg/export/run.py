@@ -65,17 +65,20 @@ def _sibling(path: Path, tag: str) -> Path:
 
 
 def run_export(model: SegFormer, options: ExportOptions, report: Callable[[str], None] = print) -> ExportSummary:
-    from peopleseg.export.onnx_export import export_onnx
+    from peopleseg.export.onnx_export import check_opset, export_onnx
     from peopleseg.models.info import ModelInfo
 
     if options.output.suffix != ".onnx":
         raise ConfigError(f"{options.output}: the output file must end in .onnx")
     if options.int8 and options.calib is None:
         raise ConfigError("--int8 needs calibration images: --calib DIR")
+    check_opset(options.opset)
+    summary = ExportSummary()
+    # Every folder is checked before anything is written: a typo must not cost a finished fp32 export.
+    calibration, images = _check_folders(options, summary)
     if options.input_size is not None:
         info = dataclasses.replace(model.info, input_size=tuple(options.input_size))
         model.info = ModelInfo.from_dict(info.to_dict(), source="--input-size")
-    summary = ExportSummary()
     result = export_onnx(
         model,
         options.output,
@@ -89,10 +92,10 @@ def run_export(model: SegFormer, options: ExportOptions, report: Callable[[str],
     )
     summary.files.append(result.path)
     summary.rows.append(ParityRow("fp32", result.path, "torch", result.max_abs_diff, result.argmax_agreement))
-    images = _check_images(options)
     variants: list[tuple[str, Path]] = []
+    deploying = any(p is not None for p in (options.tensorrt, options.deepstream, options.triton))
     if options.int8:
-        from peopleseg.export.quantize import QuantizeConfig, calibration_images, quantize_int8
+        from peopleseg.export.quantize import QuantizeConfig, quantize_int8
 
         keep = () if options.quantize_all else QuantizeConfig().keep_float
         config = QuantizeConfig(
@@ -100,38 +103,35 @@ def run_export(model: SegFormer, options: ExportOptions, report: Callable[[str],
             calibration_count=options.calib_count,
             per_channel=options.per_channel,
             keep_float=keep,
+            # TensorRT (and so DeepStream, and Triton's TensorRT paths) takes symmetric int8 Q/DQ only.
+            activation_type="int8" if deploying else "uint8",
         )
-        calibration = calibration_images(options.calib, options.calib_count)
         path = quantize_int8(options.output, _sibling(options.output, "int8"), calibration, model.info, config)
         variants.append(("int8", path))
+        if deploying:
+            summary.notes.append(f"{path.name}: int8 activations with zero point 0, as TensorRT needs")
     if options.fp16:
         from peopleseg.export.fp16 import convert_fp16
 
         variants.append(("fp16", convert_fp16(options.output, _sibling(options.output, "fp16"))))
+    reference = "fp32 onnx" if options.val_images else "fp32 onnx (calib images)"
     for name, path in variants:
         summary.files.append(path)
         if images:
             from peopleseg.export.quantize import agreement
 
             found = agreement(options.output, path, images, model.info)
-            summary.rows.append(ParityRow(name, path, "fp32 onnx", found["max_abs_diff"], found["agreement"]))
+            summary.rows.append(ParityRow(name, path, reference, found["max_abs_diff"], found["agreement"]))
         else:
             summary.rows.append(ParityRow(name, path, "fp32 onnx", float("nan"), float("nan")))
+    if options.int8 and images and not options.val_images:
+        summary.notes.append(
+            "int8 agreement is measured on the calibration images themselves (optimistic); add --val-images"
+        )
     if options.val_images and options.val_masks:
         _add_miou(summary, options, model)
     deploy_file = variants[0][1] if variants else options.output
     precision = variants[0][0] if variants else "fp32"
-    if options.tensorrt is not None:
-        from peopleseg.export.tensorrt import build_engine
-
-        engine = build_engine(
-            deploy_file,
-            options.tensorrt,
-            precision=precision,
-            input_size=model.info.input_size,
-            max_batch=options.max_batch,
-        )
-        summary.files.append(engine)
     if options.deepstream is not None:
         from peopleseg.export.deepstream import write_deepstream
 
@@ -155,17 +155,60 @@ def run_export(model: SegFormer, options: ExportOptions, report: Callable[[str],
             options.output_kind,
             max_batch_size=options.max_batch,
         )
+    if options.tensorrt is not None:  # last: the slowest step, and the one most often impossible here
+        _tensorrt(summary, options, deploy_file, precision, model.info.input_size)
     return summary
 
 
-def _check_images(options: ExportOptions) -> list[Path]:
-    """Real images for the INT8/FP16 agreement rows: the validation images, else the calibration ones."""
-    folder = options.val_images or options.calib
-    if folder is None:
-        return []
-    from peopleseg.export.quantize import calibration_images
+def _tensorrt(
+    summary: ExportSummary, options: ExportOptions, onnx_file: Path, precision: str, size: tuple[int, int]
+) -> None:
+    """Build the engine, or without the tensorrt package note the trtexec command that builds it elsewhere."""
+    import importlib.util
 
-    return calibration_images(folder, min(options.calib_count, 32))
+    from peopleseg.export.tensorrt import build_engine, check_symmetric_qdq, trtexec_command, write_engine_sidecar
+
+    assert options.tensorrt is not None
+    if importlib.util.find_spec("tensorrt") is not None:
+        summary.files.append(build_engine(onnx_file, options.tensorrt, precision, size, max_batch=options.max_batch))
+        return
+    check_symmetric_qdq(onnx_file)
+    command = trtexec_command(onnx_file, options.tensorrt, precision, size, max_batch=options.max_batch)
+    # The settings go beside the engine-to-be, so the engine built elsewhere runs with the right normalisation.
+    sidecar = write_engine_sidecar(onnx_file, options.tensorrt, precision)
+    if sidecar is not None:
+        summary.files.append(sidecar)
+    summary.notes.append(f"TensorRT is not installed here; build {options.tensorrt.name} on the GPU machine: {command}")
+
+
+def _check_folders(options: ExportOptions, summary: ExportSummary) -> tuple[list[Path], list[Path]]:
+    """(calibration images, images for the INT8/FP16 agreement rows), checked before the export writes anything.
+
+    The calibration minimum applies to --calib only; the agreement rows use the validation images (any number),
+    else the calibration ones.
+    """
+    from peopleseg.errors import DataError
+    from peopleseg.export.quantize import calibration_images, find_images
+
+    calibration: list[Path] = []
+    if options.calib is not None and not options.int8:
+        calibration = find_images(options.calib)[: options.calib_count]  # only compared on: no minimum
+    elif options.calib is not None:
+        calibration = calibration_images(options.calib, options.calib_count)
+        if len(calibration) < options.calib_count:
+            summary.notes.append(
+                f"{options.calib}: calibrating on {len(calibration)} images, fewer than --calib-count "
+                f"{options.calib_count}"
+            )
+    if options.val_masks is not None and not options.val_masks.is_dir():
+        raise DataError(f"{options.val_masks}: no such folder (--val-masks)")
+    if options.val_images is None:
+        return calibration, calibration[:: max(1, -(-len(calibration) // 32))]
+    found = find_images(options.val_images)
+    if not found:
+        raise DataError(f"{options.val_images}: no images (--val-images)")
+    # Up to 32 evenly spaced images: enough for an agreement figure, cheap enough for every export.
+    return calibration, [found[i * len(found) // min(32, len(found))] for i in range(min(32, len(found)))]
 
 
 def _add_miou(summary: ExportSummary, options: ExportOptions, model: SegFormer) -> None:
@@ -193,6 +236,7 @@ def parity_table(summary: ExportSummary) -> str:
             f"| {row.variant} | {row.path.name} | {row.size_mb():.1f} | {row.reference} | {_num(row.max_abs_diff)} "
             f"| {_pct(row.agreement)} | {miou} |"
         )
+    lines += [f"note: {note}" for note in summary.notes]
     return "\n".join(lines)
 
 

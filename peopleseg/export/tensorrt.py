@@ -16,6 +16,7 @@ Precision, and TensorRT 10 against 11:
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 from pathlib import Path
@@ -26,6 +27,7 @@ from peopleseg.errors import ConfigError, ModelError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 INPUT_NAME = "input"
+SIDECAR_SUFFIX = ".json"  # "<engine>.json": what the engine itself cannot carry (classes, normalisation, kind)
 
 
 def _batches(min_batch: int, opt_batch: int | None, max_batch: int) -> tuple[int, int, int]:
@@ -112,6 +114,7 @@ def build_engine(
     low, opt, high = _batches(min_batch, opt_batch, max_batch)
     if not onnx_file.is_file():
         raise ModelError(f"{onnx_file}: no such ONNX file")
+    check_symmetric_qdq(onnx_file)
     try:
         import tensorrt as trt
     except ImportError:
@@ -153,7 +156,107 @@ def build_engine(
             stream.write(serialized)  # IHostMemory speaks the buffer protocol
     except OSError as exc:
         raise ModelError(f"{engine_file}: cannot write the engine ({exc.strerror or exc})") from None
+    write_engine_sidecar(onnx_file, engine_file, precision)
     return engine_file
+
+
+def check_symmetric_qdq(onnx_file: str | os.PathLike[str]) -> None:
+    """Raise a one-line ModelError when a Q/DQ graph has a zero point TensorRT rejects (uint8, or non-zero).
+
+    TensorRT takes symmetric int8 Q/DQ only ("Non-zero zero point is not supported"); onnxruntime's CPU default
+    (uint8 activations, zero point 128 or so) is one of these. Skipped when the onnx package is not installed.
+    """
+    try:
+        import numpy as np
+        import onnx
+        from onnx import external_data_helper, numpy_helper
+    except ImportError:
+        return
+    onnx_file = Path(onnx_file)
+    try:
+        graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    except Exception:  # onnx raises DecodeError and friends: TensorRT's parser names an unreadable file
+        return
+    constants = {t.name: t for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].HasField("t"):
+            constants[node.output[0]] = node.attribute[0].t
+    for node in graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3 or not node.input[2]:
+            continue
+        tensor = constants.get(node.input[2])
+        if tensor is None or external_data_helper.uses_external_data(tensor):
+            continue
+        zero = numpy_helper.to_array(tensor)
+        if zero.dtype != np.int8 or zero.any():
+            raise ModelError(
+                f"{onnx_file}: zero point '{node.input[2]}' is {zero.dtype} {zero.flatten()[:1].tolist()}, but "
+                "TensorRT takes symmetric int8 Q/DQ only (zero point 0); export --int8 with --tensorrt or --deepstream"
+            )
+
+
+def sidecar_path(engine_file: str | os.PathLike[str]) -> Path:
+    engine_file = Path(engine_file)
+    return engine_file.with_name(engine_file.name + SIDECAR_SUFFIX)
+
+
+def write_engine_sidecar(
+    onnx_file: str | os.PathLike[str], engine_file: str | os.PathLike[str], precision: str
+) -> Path | None:
+    """Write "<engine>.json" with the ONNX's peopleseg metadata (ModelInfo, output kind, normalisation), which an
+    engine has no room for; None (nothing written) for an ONNX without that metadata or without the onnx package."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    onnx_file = Path(onnx_file)
+    try:
+        meta = {p.key: p.value for p in onnx.load(str(onnx_file), load_external_data=False).metadata_props}
+    except Exception:  # onnx raises DecodeError and friends; TensorRT read the file, so no settings is all it costs
+        return None
+    if "peopleseg" not in meta:
+        return None
+    try:
+        info = json.loads(meta["peopleseg"])
+    except json.JSONDecodeError:
+        raise ModelError(f"{onnx_file}: the 'peopleseg' metadata is not valid JSON") from None
+    data = {
+        "peopleseg": info,
+        "output_kind": meta.get("output_kind", "logits"),
+        "normalized_in_graph": meta.get("normalized_in_graph") == "true",
+        "precision": precision,
+        "onnx": onnx_file.name,
+    }
+    target = sidecar_path(engine_file)
+    try:
+        with atomic_open(target, "w", encoding="utf-8") as stream:
+            stream.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:
+        raise ModelError(f"{target}: cannot write the engine's settings ({exc.strerror or exc})") from None
+    return target
+
+
+def read_engine_sidecar(engine_file: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The settings beside an engine: {"info": ModelInfo, "output_kind", "normalized_in_graph"}; None when absent."""
+    from peopleseg.models.info import ModelInfo
+
+    path = sidecar_path(engine_file)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path}: not a readable engine settings file ({exc.__class__.__name__})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("peopleseg"), dict):
+        raise ModelError(f"{path}: engine settings need a 'peopleseg' object (the model info)")
+    kind = data.get("output_kind", "logits")
+    if kind not in ("argmax", "logits", "probs"):
+        raise ModelError(f"{path}: unknown output_kind {kind!r}; expected argmax, logits or probs")
+    in_graph = data.get("normalized_in_graph", False)
+    if not isinstance(in_graph, bool):
+        raise ModelError(f"{path}: normalized_in_graph must be true or false, got {in_graph!r}")
+    info = ModelInfo.from_dict(data["peopleseg"], source=str(path))
+    return {"info": info, "output_kind": kind, "normalized_in_graph": in_graph}
 
 
 def _network_flags(trt: Any, strong: bool) -> int:

@@ -210,7 +210,13 @@ class TensorRTBackend:
     name = "tensorrt"
     output_kind: OutputKind = "logits"
 
-    def __init__(self, path: str | os.PathLike[str], info: ModelInfo, device: str = "cuda") -> None:
+    def __init__(self, path: str | os.PathLike[str], info: ModelInfo | None = None, device: str = "cuda") -> None:
+        from peopleseg.export.tensorrt import read_engine_sidecar
+
+        # The engine carries no metadata: its export settings come from "<engine>.json", written when it was built.
+        settings = read_engine_sidecar(path) or {}
+        if info is None and "info" not in settings:
+            raise ConfigError(f"{path}: a TensorRT engine without its .json settings needs the model info (info=...)")
         try:
             import tensorrt as trt
         except ImportError:
@@ -221,7 +227,9 @@ class TensorRTBackend:
             raise ModelError("the tensorrt backend needs a CUDA GPU, and torch sees none")
         self.path = Path(path)
         self.device = torch.device(device)
-        self.info = info
+        self.info = info or settings["info"]
+        # Without settings: today's guesses (normalised outside the graph, float output = logits).
+        self.normalized_in_graph = bool(settings.get("normalized_in_graph", False))
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
@@ -229,7 +237,8 @@ class TensorRTBackend:
         self.context = self.engine.create_execution_context()
         self.input_name, self.output_name = "input", "output"
         dtype = self.engine.get_tensor_dtype(self.output_name)
-        self.output_kind = "labels" if dtype in (trt.int32, trt.int64) else "logits"
+        kind = "probs" if settings.get("output_kind") == "probs" else "logits"
+        self.output_kind = "labels" if dtype in (trt.int32, trt.int64) else kind
         self._torch_dtype = {
             trt.float32: torch.float32,
             trt.float16: torch.float16,
@@ -301,7 +310,9 @@ def make_backend(
     if precision == "int8":
         raise ConfigError("int8 runs in onnxruntime: use backend 'onnxruntime' (or 'auto') on a CPU")
     if backend == "tensorrt":
-        if info is None:
+        from peopleseg.export.tensorrt import read_engine_sidecar
+
+        if info is None and read_engine_sidecar(model) is None:  # type: ignore[arg-type]
             raise ConfigError("a TensorRT engine carries no metadata: pass the model info (normalisation, classes)")
         return TensorRTBackend(model, info=info, device=device if device != "cpu" else "cuda")  # type: ignore[arg-type]
     network = model if isinstance(model, SegFormer) else load_model(model)

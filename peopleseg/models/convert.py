@@ -246,14 +246,22 @@ def _mmseg_block_entry(prefix: str, rest: str, value: torch.Tensor) -> StateDict
 # --- detection -------------------------------------------------------------------------------------------------
 
 
-def detect_and_convert(state: StateDict) -> tuple[str, StateDict, list[str]]:
-    """Return (format name, our state dict, ignored keys)."""
+def detect_and_convert(state: StateDict, backbone_only: bool = False) -> tuple[str, StateDict, list[str]]:
+    """Return (format name, our state dict, ignored keys).
+
+    `backbone_only`: an mmseg 1.x checkpoint's heads are dropped before conversion, so that a head this model
+    cannot take (mmseg 1.x's SegformerHead) does not stop its encoder from loading.
+    """
     if _is_hf(state):
         converted, ignored = convert_hf(state)
         return "HF transformers", converted, ignored
     if _is_mmseg_native(state):
+        dropped: list[str] = []
+        if backbone_only:
+            dropped = [k for k in state if re.search(r"(^|\.)(decode_head|auxiliary_head)\.", k)]
+            state = {k: v for k, v in state.items() if k not in dropped}
         converted, ignored = convert_mmseg_native(state)
-        return "mmseg 1.x", converted, ignored
+        return "mmseg 1.x", converted, dropped + ignored
     converted, ignored = convert_nvlabs_tao(state)
     return "NVlabs/TAO", converted, ignored
 

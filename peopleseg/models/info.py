@@ -78,6 +78,14 @@ class ModelInfo:
         info.input_size = size  # type: ignore[assignment]
         if info.resize not in POLICIES:
             raise ModelError(f"{source}: 'resize' must be one of {', '.join(POLICIES)}, got {info.resize!r}")
+        # A string is a sequence too: "person" would become six one-letter classes.
+        if not isinstance(info.classes, (list, tuple)):
+            raise ModelError(f"{source}: 'classes' must be a list of names, got {info.classes!r}")
+        info.classes = list(info.classes)
+        if not all(isinstance(name, str) and name.strip() for name in info.classes):
+            raise ModelError(f"{source}: 'classes' must be non-empty strings, got {info.classes!r}")
+        if len(set(info.classes)) != len(info.classes):
+            raise ModelError(f"{source}: 'classes' has a name twice, got {info.classes}")
         if len(info.classes) < 2:
             raise ModelError(f"{source}: 'classes' needs at least 2 names, got {info.classes}")
         return info

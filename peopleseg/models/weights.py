@@ -137,10 +137,11 @@ def _load(
             model = build_model(info.arch, info=info)
             report = _apply(model, state, LoadReport(str(path), "peopleseg"), strict, backbone_only)
             return model, report
-        return _load_foreign(path, state, None, strict, backbone_only, info_overrides)
+        return _load_foreign(path, state, _hints_beside(path), strict, backbone_only, info_overrides)
     if path.suffix in CHECKPOINT_SUFFIXES:
         state = _read_torch_checkpoint(path, allow_pickle)
-        return _load_foreign(path, state, None, strict, backbone_only, info_overrides)
+        hints = _hints_beside(path) if path.suffix == ".bin" else None
+        return _load_foreign(path, state, hints, strict, backbone_only, info_overrides)
     raise ModelError(
         f"{path}: unknown weights format '{path.suffix}' (use .safetensors, .pth, .pt, .tlt, .ckpt or .bin)"
     )
@@ -185,6 +186,11 @@ def _load_hf_folder(
     else:
         raise ModelError(f"{folder}: a model folder needs model.safetensors or pytorch_model.bin")
     state = _read_safetensors(weights) if weights.suffix == ".safetensors" else _read_torch_checkpoint(weights, False)
+    return _load_foreign(weights, state, _hf_hints(folder), strict, backbone_only, overrides)
+
+
+def _hf_hints(folder: Path) -> dict[str, Any]:
+    """Class names (config.json's id2label) and normalisation (preprocessor_config.json) of an HF model folder."""
     hints: dict[str, Any] = {}
     config_path = folder / "config.json"
     if config_path.exists():
@@ -204,7 +210,14 @@ def _load_hf_folder(
             hints["std"] = [float(v) * scale for v in prep["image_std"]]
         except (OSError, KeyError, TypeError, ValueError, json.JSONDecodeError):
             pass  # no usable statistics: keep the default
-    return _load_foreign(weights, state, hints, strict, backbone_only, overrides)
+    return hints
+
+
+def _hints_beside(path: Path) -> dict[str, Any] | None:
+    """An HF weights file named directly gets the same class names and normalisation as its folder would."""
+    if (path.parent / "config.json").exists() or (path.parent / "preprocessor_config.json").exists():
+        return _hf_hints(path.parent)
+    return None
 
 
 def _load_foreign(
@@ -215,7 +228,7 @@ def _load_foreign(
     backbone_only: bool,
     overrides: dict[str, Any] | None,
 ) -> tuple[SegFormer, LoadReport]:
-    fmt, converted, ignored = detect_and_convert(state)
+    fmt, converted, ignored = detect_and_convert(state, backbone_only)
     arch, options = infer_architecture(converted, str(path))
     if fmt == "HF transformers":
         options["norm_eps"] = 1e-5  # HF's LayerNorms use PyTorch's default eps
@@ -241,6 +254,9 @@ def infer_architecture(state: StateDict, source: str) -> tuple[str, dict[str, An
     if "decode_head.linear_pred.weight" in state:
         options["num_classes"] = int(state["decode_head.linear_pred.weight"].shape[0])
     if "backbone.patch_embed1.proj.weight" in state:
+        lost = [i for i in range(2, 5) if f"backbone.patch_embed{i}.proj.weight" not in state]
+        if lost:
+            raise ModelError(f"{source}: the encoder is incomplete (no patch embedding for stage {lost[0]})")
         dims = tuple(int(state[f"backbone.patch_embed{i}.proj.weight"].shape[0]) for i in range(1, 5))
         depths = tuple(_count_blocks(state, rf"^backbone\.block{i}\.(\d+)\.") for i in range(1, 5))
         family, signature = "mit", (dims, depths)
