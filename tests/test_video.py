@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import _thread
-import functools
-import http.server
 import itertools
 import os
 import signal
@@ -342,22 +340,8 @@ def test_stream_without_reconnect_ends_at_eof(clip: Path, monkeypatch: pytest.Mo
         assert len(list(source)) == 20
 
 
-@pytest.fixture
-def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", tmp_path
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def test_http_stream_from_localhost(http_root: tuple[str, Path], clip: Path) -> None:
-    base, root = http_root
+def test_http_stream_from_localhost(http_folder: tuple[str, Path], clip: Path) -> None:
+    base, root = http_folder
     (root / "clip.mp4").write_bytes(clip.read_bytes())
     with open_source(f"{base}/clip.mp4") as source:
         assert not source.is_live  # a file served over HTTP ends; it is not reconnected and replayed

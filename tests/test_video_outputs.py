@@ -3,10 +3,7 @@ colour tags, output names that never collide, and frame folders that hold one ru
 
 from __future__ import annotations
 
-import functools
-import http.server
 import itertools
-import threading
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -28,23 +25,6 @@ from peopleseg.infer.video_writer import VideoWriter  # noqa: E402
 @pytest.fixture(scope="module")
 def segmenter() -> Segmenter:
     return Segmenter(build_model("segformer_b0", info=None), batch_size=4)
-
-
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """A folder served over HTTP on 127.0.0.1: (base URL, folder)."""
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", root
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def make_gap_video(path: Path, ticks: list[int], *, rate: int = FPS, audio_s: float | None = None) -> Path:
@@ -84,8 +64,8 @@ def audio_seconds(path: Path) -> float:
 # -- 1. audio from a URL --------------------------------------------------------------------------------------------
 
 
-def test_http_video_file_keeps_its_audio(segmenter: Segmenter, served: tuple[str, Path], tmp_path: Path) -> None:
-    base, root = served
+def test_http_video_file_keeps_its_audio(segmenter: Segmenter, http_folder: tuple[str, Path], tmp_path: Path) -> None:
+    base, root = http_folder
     make_video(root / "talk.mp4", frames=8, audio="aac")
     url = f"{base}/talk.mp4"
     summary = segment_video(segmenter, url, tmp_path, ["blur"], progress=False)
@@ -94,8 +74,8 @@ def test_http_video_file_keeps_its_audio(segmenter: Segmenter, served: tuple[str
     assert info["frames"] == 8 and info["audio_codec"] == "aac" and info["audio_s"] > 0.7, info
 
 
-def test_url_audio_that_does_not_open_is_left_out(served: tuple[str, Path], tmp_path: Path) -> None:
-    base, _ = served
+def test_url_audio_that_does_not_open_is_left_out(http_folder: tuple[str, Path], tmp_path: Path) -> None:
+    base, _ = http_folder
     messages: list[str] = []
     out = tmp_path / "silent.mp4"
     with VideoWriter(out, FPS, W, H, audio_from=f"{base}/gone.mp4", report=messages.append) as writer:
@@ -104,8 +84,8 @@ def test_url_audio_that_does_not_open_is_left_out(served: tuple[str, Path], tmp_
     assert probe(out)["frames"] == 1 and "audio_codec" not in probe(out)
 
 
-def test_url_audio_that_breaks_off_leaves_the_video_going(served: tuple[str, Path], tmp_path: Path) -> None:
-    base, root = served
+def test_url_audio_that_breaks_off_leaves_the_video_going(http_folder: tuple[str, Path], tmp_path: Path) -> None:
+    base, root = http_folder
     make_video(root / "talk.mp4", frames=20, audio="aac")
     messages: list[str] = []
     out = tmp_path / "cut_sound.mp4"
