@@ -306,7 +306,7 @@ def test_video_state_is_carried_and_resumes_with_warmup(tmp_path: Path) -> None:
     records = read_records(out)
     frames = [r["frame"] for r in records if "frame" in r]
     assert frames == [0, 3, 6, 9] and summary.labelled == 4
-    assert {"video_done": str(video)} in records
+    assert {"video_done": str(video), "max_frames": None} in records
     probs = [np.asarray(Image.open(out / r["probs"])) for r in records if "frame" in r]
     # One state across the whole video: the probability grows with every frame seen.
     assert [int(p[0, 0]) for p in probs] == [round(255 * n / 100) for n in (1, 4, 7, 10)]

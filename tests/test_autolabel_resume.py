@@ -66,16 +66,34 @@ def test_resuming_with_other_settings_is_refused_unless_relabelling(tmp_path: Pa
     video = write_video(tmp_path / "walk.mp4", frames=12)
     out = tmp_path / "labels"
     autolabel([str(video)], out, RedTeacher(), AutolabelConfig(video_every=2, max_video_frames=4), progress=False)
-    with pytest.raises(ConfigError, match=r"max_video_frames 4 -> None.*relabel=True"):
-        autolabel([str(video)], out, RedTeacher(), AutolabelConfig(video_every=2), progress=False)
+    # More frames is more of the same labels: a resume, not a conflict.
+    more = autolabel([str(video)], out, RedTeacher(), AutolabelConfig(video_every=2, max_video_frames=8))
+    assert more.labelled == 2
+    with pytest.raises(ConfigError, match=r"video_every 2 -> 3.*relabel=True"):
+        autolabel([str(video)], out, RedTeacher(), AutolabelConfig(video_every=3), progress=False)
     with pytest.raises(ConfigError, match="teacher 'red' -> 'counting'"):
-        autolabel([str(video)], out, CountingTeacher(), AutolabelConfig(video_every=2, max_video_frames=4))
-    config = AutolabelConfig(video_every=2, relabel=True)
+        autolabel([str(video)], out, CountingTeacher(), AutolabelConfig(video_every=2), progress=False)
+    # A relabel sets the old labels aside (nothing lost, nothing stale left among the new) and starts clean.
+    config = AutolabelConfig(video_every=3, relabel=True)
     summary = autolabel([str(video)], out, RedTeacher(), config, progress=False)
-    assert summary.labelled == 6 and summary.skipped_done == 0
+    assert summary.labelled == 4 and summary.skipped_done == 0
+    assert sorted(p.name for p in (out / "masks" / "walk").iterdir()) == [
+        "000000.png",
+        "000003.png",
+        "000006.png",
+        "000009.png",
+    ]
+    (aside,) = out.glob("replaced-*")
+    assert len(list((aside / "masks" / "walk").iterdir())) == 4 and (aside / "manifest.jsonl").exists()
     # The new settings now hold: a plain resume is accepted and finds everything done.
-    again = autolabel([str(video)], out, RedTeacher(), AutolabelConfig(video_every=2), progress=False)
+    again = autolabel([str(video)], out, RedTeacher(), AutolabelConfig(video_every=3), progress=False)
     assert again.skipped_done == 1 and again.labelled == 0
+
+
+def test_inputs_kept_under_the_output_folder_still_count(tmp_path: Path) -> None:
+    write_scenes(tmp_path / "data" / "raw", 2)
+    summary = autolabel([str(tmp_path / "data" / "raw")], tmp_path / "data", RedTeacher(), progress=False)
+    assert summary.labelled == 2  # only what autolabel writes there (images/, masks/, probs/) is left out
 
 
 def test_an_output_folder_inside_the_input_is_not_input(tmp_path: Path) -> None:

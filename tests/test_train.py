@@ -327,20 +327,3 @@ def test_only_the_first_process_cleans_up_and_writes_the_config(monkeypatch, env
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
     assert _first_process() is first
-
-
-def test_an_encoder_file_missing_weights_is_refused(people, tmp_path) -> None:
-    from safetensors.torch import load_file, save_file
-
-    weights = save_model(build_model("segformer_b0", num_classes=2), tmp_path / "encoder.safetensors")
-    tensors = load_file(weights)
-    from safetensors import safe_open
-
-    with safe_open(weights, "pt") as handle:
-        metadata = handle.metadata()
-    dropped = [k for k in tensors if k.startswith("backbone.block1.0.")]
-    save_file({k: v for k, v in tensors.items() if k not in dropped}, weights, metadata=metadata)
-    extra = {"model.init": weights, "model.backbone_only": "true"}
-    config = load_config(TrainConfig, None, overrides(people, tmp_path / "run", 2, **extra))
-    with pytest.raises(ConfigError, match=rf"model\.init: .*encoder\.safetensors lacks {len(dropped)} encoder weight"):
-        build_training_model(config)

@@ -295,3 +295,25 @@ def test_saved_weights_get_the_permissions_of_a_plain_file(tmp_path) -> None:
         os.umask(old)
     for name in ("model.safetensors", "model.json"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+def test_an_imagenet_encoder_with_its_classifiers_labels_loads_backbone_only(tmp_path) -> None:
+    # NVIDIA's HF mit-b* files: an encoder, an ImageNet classifier head, and an id2label that names "crane" twice.
+    folder = tmp_path / "mit-b0"
+    folder.mkdir()
+    encoder = build_model("segformer_b0")
+    state = {
+        re.sub(r"\.mlp\.dwconv\.", ".mlp.dwconv.dwconv.", name).split(".", 1)[1]: tensor
+        for name, tensor in encoder.state_dict().items()
+        if name.startswith("backbone.")
+    }
+    state["head.weight"] = torch.zeros(1000, 256)
+    torch.save(state, folder / "pytorch_model.bin")
+    labels = {str(i): f"class{i}" for i in range(1000)} | {"134": "crane", "517": "crane"}
+    (folder / "config.json").write_text(json.dumps({"id2label": labels}))
+    for source in (folder, folder / "pytorch_model.bin"):
+        model = load_model(source, backbone_only=True)
+        assert model.info.classes == ["background", "person"]  # the classifier's labels name no segmentation head
+        assert torch.equal(model.backbone.patch_embed1.proj.weight, encoder.backbone.patch_embed1.proj.weight)
+    (folder / "config.json").write_text("[1, 2]")  # not an HF config at all: ignored, not a crash
+    assert load_model(folder / "pytorch_model.bin", backbone_only=True).info.arch == "segformer_b0"

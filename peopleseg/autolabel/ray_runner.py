@@ -29,6 +29,7 @@ from peopleseg.autolabel.run import (
     label_still,
     label_video,
     plan_inputs,
+    set_aside_old_labels,
     video_done,
 )
 from peopleseg.errors import ConfigError, DataError, ModelError, PeoplesegError
@@ -124,6 +125,8 @@ def autolabel_on_ray(
     out = Path(out).resolve()
     stills, videos = plan_inputs(inputs, config.prior_masks, exclude=out)
     ray = _ray()
+    if config.relabel:
+        set_aside_old_labels(out)
     manifest = Manifest(out)
     try:
         # The driver builds the teacher once for its name only, to check and record the settings as a local run does.
@@ -136,7 +139,8 @@ def autolabel_on_ray(
     summary = AutolabelSummary()
     todo = [w for w in stills if not manifest.done(w.key, out)]
     summary.skipped_done = len(stills) - len(todo)
-    videos_todo = [(spec, source) for spec, source in videos if not video_done(spec, source, manifest, out)]
+    cap = config.max_video_frames
+    videos_todo = [(spec, source) for spec, source in videos if not video_done(spec, source, manifest, out, cap)]
     summary.skipped_done += len(videos) - len(videos_todo)
     options = dataclasses.asdict(config)
     start = time.perf_counter()
@@ -167,7 +171,9 @@ def autolabel_on_ray(
             remote.remote(spec, source, str(out), specs, tta, options, _video_records(manifest, source))
             for spec, source in videos_todo
         ]
-        for result in ray.get(tasks):
+        while tasks:  # each video's records go into the manifest as it finishes: a crash later keeps them
+            finished, tasks = ray.wait(tasks, num_returns=1)
+            result = ray.get(finished[0])
             for record in result["records"]:
                 manifest.add(record)
             summary.labelled += result["summary"]["labelled"]

@@ -87,8 +87,7 @@ class AutolabelConfig:
             "background_below": self.background_below,
             "person_above": self.person_above,
             "video_every": self.video_every,
-            "max_video_frames": self.max_video_frames,
-            "max_side": self.max_side,
+            "max_side": self.max_side,  # (not max_video_frames: it limits how much is labelled, not how)
         }
 
 
@@ -115,6 +114,23 @@ class WorkItem:
     prior: str | None = None
 
 
+OUTPUT_PARTS = ("images", "masks", "probs", "manifest.jsonl")
+
+
+def set_aside_old_labels(out: Path) -> Path | None:
+    """Before a relabel: move the labels already in `out` into `out/replaced-<time>/`, so the new run starts clean
+    (no stale sample from the old settings stays among the new ones) and nothing of the old run is lost."""
+    present = [out / part for part in OUTPUT_PARTS if (out / part).exists()]
+    if not present:
+        return None
+    aside = out / time.strftime("replaced-%Y%m%d-%H%M%S")
+    aside.mkdir()
+    for path in present:
+        path.rename(aside / path.name)
+    print(f"{out}: the earlier labels were moved to {aside} (relabel)", file=sys.stderr)
+    return aside
+
+
 def plan_inputs(
     inputs: Sequence[str], prior_masks: str | None = None, exclude: str | os.PathLike[str] | None = None
 ) -> tuple[list[WorkItem], list[tuple[str, str]]]:
@@ -124,7 +140,8 @@ def plan_inputs(
     """
     import glob
 
-    skip = Path(exclude).resolve() if exclude is not None else None
+    # Only what autolabel writes there: a user's own files under the output folder may still be inputs.
+    skip = [Path(exclude).resolve() / part for part in OUTPUT_PARTS] if exclude is not None else []
     stills: list[WorkItem] = []
     videos: list[tuple[str, Path | None]] = []
     for item in inputs:
@@ -145,8 +162,8 @@ def plan_inputs(
             root = Path(os.path.commonpath([str(p.parent) for p in files]))
         else:
             raise DataError(f"{item}: no such file or folder")
-        if skip is not None:
-            files = [f for f in files if not f.resolve().is_relative_to(skip)]
+        if skip:
+            files = [f for f in files if not any(f.resolve().is_relative_to(part) for part in skip)]
         source = _source_name(root)
         for file in files:
             suffix = file.suffix.lower()
@@ -256,7 +273,7 @@ class Manifest:
         self.path = out / MANIFEST
         self.records: dict[str, dict[str, Any]] = {}
         self.dropped: set[str] = set()
-        self.videos_done: set[str] = set()
+        self.videos_done: dict[str, int | None] = {}  # spec -> the frame cap it was labelled under (None: all)
         self.settings: dict[str, Any] | None = None
         if self.path.exists():
             self._load()
@@ -279,9 +296,9 @@ class Manifest:
             self.records.pop(record["dropped"], None)
             self.dropped.add(record["dropped"])
         elif "video_done" in record:
-            self.videos_done.add(record["video_done"])
+            self.videos_done[record["video_done"]] = record.get("max_frames")
         elif "video_redo" in record:
-            self.videos_done.discard(record["video_redo"])
+            self.videos_done.pop(record["video_redo"], None)
         elif "settings" in record:
             self.settings = record["settings"]
 
@@ -401,6 +418,8 @@ def autolabel(
     config = config or AutolabelConfig()
     out = Path(out)
     stills, videos = plan_inputs(inputs, config.prior_masks, exclude=out)
+    if config.relabel:
+        set_aside_old_labels(out)
     manifest = Manifest(out)
     built = None
     try:
@@ -428,7 +447,7 @@ def autolabel(
                 rate = summary.labelled / max(1e-9, time.perf_counter() - start)
                 bar.update(task, advance=1, rate=f"{rate:.2f} img/s")
             for spec, source in videos:
-                if video_done(spec, source, manifest, out):
+                if video_done(spec, source, manifest, out, config.max_video_frames):
                     summary.skipped_done += 1
                     continue
                 task = bar.add_task(f"{source}", total=config.max_video_frames, rate="")
@@ -442,9 +461,13 @@ def autolabel(
     return summary
 
 
-def video_done(spec: str, source: str, manifest: Manifest, out: Path) -> bool:
-    """Marked done with every labelled frame's files in place; a done video missing some is relabelled from there."""
+def video_done(spec: str, source: str, manifest: Manifest, out: Path, max_frames: int | None = None) -> bool:
+    """Marked done with every labelled frame's files in place; a done video missing some is relabelled from there.
+    One done under a frame cap below `max_frames` (None: no cap) is not done: it goes on past its last frame."""
     if spec not in manifest.videos_done:
+        return False
+    cap = manifest.videos_done[spec]
+    if cap is not None and (max_frames is None or max_frames > cap):
         return False
     prefix = f"{source}/"
     if all(manifest.done(key, out) for key in manifest.records if key.startswith(prefix)):
@@ -526,7 +549,7 @@ def label_video(
         summary.failed.append(str(exc))
         _warn(f"stopped: {exc}")
         return
-    manifest.add({"video_done": spec})
+    manifest.add({"video_done": spec, "max_frames": config.max_video_frames})
 
 
 def _frames_from(frames: Any, first: int) -> Iterator[Any]:

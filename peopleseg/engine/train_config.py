@@ -148,7 +148,7 @@ class TrainConfig:
             _check(f"optim.betas[{index}]", beta, 0, 1, high_open=True)
         _check("optim.head_lr_mult", optim.head_lr_mult, 0, low_open=True)
         _check("optim.warmup_steps", optim.warmup_steps, 0, integer=True)
-        _check("optim.warmup_ratio", optim.warmup_ratio, 0, 1, low_open=True)
+        _check("optim.warmup_ratio", optim.warmup_ratio, 0, 1)  # 0: the warm-up starts from lr 0
         _check("optim.poly_power", optim.poly_power, 0)
         _check("optim.min_lr", optim.min_lr, 0)
         if optim.grad_clip is not None:

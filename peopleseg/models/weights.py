@@ -198,9 +198,11 @@ def _hf_hints(folder: Path) -> dict[str, Any]:
             config = json.loads(config_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ModelError(f"{config_path}: unreadable config ({exc})") from None
-        labels = config.get("id2label")
+        labels = config.get("id2label") if isinstance(config, dict) else None
         if isinstance(labels, dict) and labels:
-            hints["classes"] = [labels[k] for k in sorted(labels, key=int)]
+            names = [str(labels[k]) for k in sorted(labels, key=int)]
+            if len(set(names)) == len(names):  # ImageNet's id2label names "crane" twice: such names say nothing here
+                hints["classes"] = names
     processor = folder / "preprocessor_config.json"
     if processor.exists():
         try:
@@ -236,7 +238,10 @@ def _load_foreign(
     num_classes = options.pop("num_classes", None)
     if num_classes is not None and num_classes != 2:
         data["classes"] = [f"class_{i}" for i in range(num_classes)]
-    data.update(hints or {})
+    hints = dict(hints or {})
+    if num_classes is None:
+        hints.pop("classes", None)  # an encoder alone (an ImageNet MiT): its classifier's labels name no head here
+    data.update(hints)
     data.update(overrides or {})
     info = ModelInfo.from_dict({**ModelInfo(arch=arch).to_dict(), **data}, source=str(path))
     if num_classes is not None and info.num_classes != num_classes:
