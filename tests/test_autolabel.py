@@ -429,3 +429,60 @@ def test_autolabel_on_local_ray_matches_local_run(tmp_path: Path) -> None:
             assert (mine == theirs).mean() > 0.999, record["key"]
     again = autolabel_on_ray([str(tmp_path / "in")], tmp_path / "ray", specs, config, workers=2, progress=False)
     assert again.labelled == 0 and again.skipped_done == 6
+
+
+FAKE_NODE = """#!{python}
+# A stand-in for `node rvm_worker.js ROOT`: the same protocol, but it writes 20 KiB to stderr on every frame (as a
+# TF.js that warns on every call would) and answers alpha = the frame's red channel. {crash}
+import struct, sys
+sys.stdout.buffer.write(b"ready\\n"); sys.stdout.flush()
+count = 0
+while True:
+    header = sys.stdin.buffer.read(16)
+    height, width, reset, ratio = struct.unpack("<4i", header)
+    if height == 0:
+        break
+    frame = sys.stdin.buffer.read(height * width * 3)
+    sys.stderr.write("warning: this model execution did not contain any dynamic nodes\\n" * 320)
+    sys.stderr.flush()
+    count += 1
+    if count == {crash_at}:
+        sys.stderr.write("Error: out of memory in the wasm heap\\n"); sys.stderr.flush(); sys.exit(3)
+    sys.stdout.buffer.write(frame[0::3]); sys.stdout.flush()
+"""
+
+
+@pytest.mark.parametrize("crash_at", [0, 5])
+def test_rvm_worker_that_talks_a_lot_on_stderr_never_blocks(tmp_path: Path, crash_at: int) -> None:
+    import threading
+
+    from peopleseg.autolabel.rvm import REQUIRED, RvmTeacher
+
+    for item in REQUIRED:  # a fake npm install: only its file names are checked before Node runs
+        (tmp_path / "node_modules" / item).mkdir(parents=True, exist_ok=True)
+    node = tmp_path / "node"
+    node.write_text(FAKE_NODE.format(python=sys.executable, crash="", crash_at=crash_at))
+    node.chmod(0o755)
+    teacher = RvmTeacher(tmp_path, node=str(node))
+    frame = np.zeros((40, 50, 3), np.uint8)
+    frame[:, :20, 0] = 255
+    outcome: dict[str, object] = {}
+
+    def label() -> None:
+        try:
+            outcome["alphas"] = [teacher.label([frame])[0] for _ in range(12)]  # 12 x 20 KiB: past a pipe's 64 KiB
+        except Exception as exc:
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=label, daemon=True)
+    worker.start()
+    worker.join(60)
+    try:
+        assert not worker.is_alive(), "the worker blocked on its full stderr pipe"
+        if crash_at:
+            assert "Error: out of memory in the wasm heap" in str(outcome["error"])  # the log's end is still read
+        else:
+            alphas = outcome["alphas"]
+            assert len(alphas) == 12 and alphas[-1][:, :20].min() == 1.0 and alphas[-1][:, 20:].max() == 0.0
+    finally:
+        teacher.close()

@@ -16,8 +16,10 @@ import os
 import shutil
 import struct
 import subprocess
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,15 +76,20 @@ class RvmTeacher:
         self.max_side = max_side
         self.name = f"rvm@{downsample_ratio:g}"
         self._process: subprocess.Popen[bytes] | None = None
+        self._log: Any = None  # the worker's stderr, a temporary file
         self._reset_next = True
 
     def _worker(self) -> subprocess.Popen[bytes]:
         if self._process is None or self._process.poll() is not None:
+            # Its stderr goes to a file, not a pipe: a pipe nobody reads fills (64 KiB) if TF.js warns on every frame,
+            # and then Node blocks writing it while we block reading its answer.
+            self._close_log()
+            self._log = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the worker; closed with it)
             process = subprocess.Popen(
                 [self.node, str(WORKER), str(self.root)],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
+                stderr=self._log,
             )
             assert process.stdout is not None
             if process.stdout.readline().strip() != b"ready":
@@ -91,10 +98,14 @@ class RvmTeacher:
             self._reset_next = True
         return self._process
 
-    @staticmethod
-    def _stderr(process: subprocess.Popen[bytes]) -> str:
+    def _stderr(self, process: subprocess.Popen[bytes]) -> str:
         process.kill()
-        text = process.stderr.read().decode(errors="replace").strip() if process.stderr else ""
+        process.wait()
+        text = ""
+        if self._log is not None:
+            self._log.seek(0, os.SEEK_END)
+            self._log.seek(max(0, self._log.tell() - 65536))  # the end holds the error
+            text = self._log.read().decode(errors="replace").strip()
         # Node ends a crash report with its own version line; the error itself is the last line naming one.
         lines = [line.strip() for line in text.splitlines() if "Error" in line or line.startswith("rvm worker")]
         return lines[-1] if lines else f"exit code {process.wait()}"
@@ -144,6 +155,12 @@ class RvmTeacher:
                 process.wait(timeout=10)
             except (OSError, subprocess.TimeoutExpired):
                 process.kill()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        log, self._log = self._log, None
+        if log is not None:
+            log.close()
 
     def __enter__(self) -> RvmTeacher:
         return self
