@@ -140,17 +140,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from peopleseg.export.run import options_from_args, parity_table, run_export
     from peopleseg.models.weights import load_model
 
-    source = args.model
-    if source == "default":  # as infer and evaluate accept it: the bundled model
-        from peopleseg.assets import default_weights_path
-
-        weights = default_weights_path()
-        if weights is None:
-            raise PeoplesegError("export default: this install bundles no default model")
-        source = str(weights)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        model = load_model(source)
+        model = load_model(args.model)  # 'default' too: the bundled model
     summary = run_export(model, options_from_args(args))
     print(parity_table(summary))
     print("wrote: " + ", ".join(str(p) for p in summary.files))

@@ -92,8 +92,8 @@ class _Collected:
         self.dropped: set[str] = set(records["dropped"])
         self.added: list[dict[str, Any]] = []
 
-    def done(self, key: str, out: Path) -> bool:
-        return Manifest.done(self, key, out)  # type: ignore[arg-type]
+    def done(self, key: str) -> bool:
+        return Manifest.done(self, key)  # type: ignore[arg-type]
 
     def add(self, record: dict[str, Any]) -> None:
         self.added.append(record)
@@ -132,15 +132,15 @@ def autolabel_on_ray(
         # The driver builds the teacher once for its name only, to check and record the settings as a local run does.
         probe = build_teacher(specs, tta=tta)
         probe.close()
-        manifest.use_settings(config.settings(probe.name), config.relabel)
+        manifest.use_settings(config.settings(probe.name))
     except BaseException:
         manifest.close()
         raise
     summary = AutolabelSummary()
-    todo = [w for w in stills if not manifest.done(w.key, out)]
+    todo = [w for w in stills if not manifest.done(w.key)]
     summary.skipped_done = len(stills) - len(todo)
     cap = config.max_video_frames
-    videos_todo = [(spec, source) for spec, source in videos if not video_done(spec, source, manifest, out, cap)]
+    videos_todo = [(spec, source) for spec, source in videos if not video_done(spec, source, manifest, cap)]
     summary.skipped_done += len(videos) - len(videos_todo)
     options = dataclasses.asdict(config)
     start = time.perf_counter()

@@ -302,13 +302,10 @@ class Manifest:
         elif "settings" in record:
             self.settings = record["settings"]
 
-    def use_settings(self, settings: dict[str, Any], relabel: bool = False) -> None:
-        """Record the settings of this run; a ConfigError if the labels already here were made with others."""
-        if relabel:
-            self.records.clear()  # every input is labelled again; its new record supersedes the old one
-            self.dropped.clear()
-            self.videos_done.clear()
-        elif self.settings is not None and self.settings != settings:
+    def use_settings(self, settings: dict[str, Any]) -> None:
+        """Record the settings of this run; a ConfigError if the labels already here were made with others (a
+        relabel sets those aside first: `set_aside_old_labels`)."""
+        if self.settings is not None and self.settings != settings:
             changed = ", ".join(
                 f"{k} {self.settings.get(k)!r} -> {v!r}" for k, v in settings.items() if self.settings.get(k) != v
             )
@@ -316,15 +313,15 @@ class Manifest:
                 f"{self.path}: labelled with other settings ({changed}); "
                 "use a new output folder, or relabel=True (--relabel) to label everything again"
             )
-        if self.settings != settings or relabel:
+        if self.settings != settings:
             self.add({"settings": settings})
 
-    def done(self, key: str, out: Path) -> bool:
+    def done(self, key: str) -> bool:
         """Labelled with its files in place, or dropped as unsure (not worth a teacher pass again)."""
         if key in self.dropped:
             return True
         record = self.records.get(key)
-        return record is not None and (out / record["mask"]).exists() and (out / record["image"]).exists()
+        return record is not None and (self.out / record["mask"]).exists() and (self.out / record["image"]).exists()
 
     def add(self, record: dict[str, Any]) -> None:
         self._book(record)
@@ -427,14 +424,14 @@ def autolabel(
             from peopleseg.autolabel.specs import build_teacher
 
             teacher = built = build_teacher(list(teacher), tta=tta)
-        manifest.use_settings(config.settings(teacher.name), config.relabel)
+        manifest.use_settings(config.settings(teacher.name))
     except BaseException:
         manifest.close()
         raise
     writer = SampleWriter(out, config, teacher.name)
     summary = AutolabelSummary()
     start = time.perf_counter()
-    todo = [w for w in stills if not manifest.done(w.key, out)]
+    todo = [w for w in stills if not manifest.done(w.key)]
     summary.skipped_done = len(stills) - len(todo)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -447,7 +444,7 @@ def autolabel(
                 rate = summary.labelled / max(1e-9, time.perf_counter() - start)
                 bar.update(task, advance=1, rate=f"{rate:.2f} img/s")
             for spec, source in videos:
-                if video_done(spec, source, manifest, out, config.max_video_frames):
+                if video_done(spec, source, manifest, config.max_video_frames):
                     summary.skipped_done += 1
                     continue
                 task = bar.add_task(f"{source}", total=config.max_video_frames, rate="")
@@ -461,7 +458,7 @@ def autolabel(
     return summary
 
 
-def video_done(spec: str, source: str, manifest: Manifest, out: Path, max_frames: int | None = None) -> bool:
+def video_done(spec: str, source: str, manifest: Manifest, max_frames: int | None = None) -> bool:
     """Marked done with every labelled frame's files in place; a done video missing some is relabelled from there.
     One done under a frame cap below `max_frames` (None: no cap) is not done: it goes on past its last frame."""
     if spec not in manifest.videos_done:
@@ -470,7 +467,7 @@ def video_done(spec: str, source: str, manifest: Manifest, out: Path, max_frames
     if cap is not None and (max_frames is None or max_frames > cap):
         return False
     prefix = f"{source}/"
-    if all(manifest.done(key, out) for key in manifest.records if key.startswith(prefix)):
+    if all(manifest.done(key) for key in manifest.records if key.startswith(prefix)):
         return True
     manifest.add({"video_redo": spec})
     return False
@@ -523,7 +520,7 @@ def label_video(
     prefix = f"{source}/"
     keys = [k for k in [*manifest.records, *manifest.dropped] if k.startswith(prefix) and k[len(prefix) :].isdigit()]
     labelled = {int(k[len(prefix) :]): k for k in keys}
-    missing = [i for i, key in labelled.items() if not manifest.done(key, manifest.out)]
+    missing = [i for i, key in labelled.items() if not manifest.done(key)]
     # Resume after the last frame, or at the first whose files are gone (the state must reach it in order).
     resume_at = min(missing) if missing else max(labelled, default=-1) + 1
     warm_from = max(0, resume_at - config.video_warmup) if resume_at else 0

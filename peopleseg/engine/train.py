@@ -29,7 +29,7 @@ from peopleseg.models.info import ModelInfo
 from peopleseg.models.registry import build_model
 from peopleseg.models.segformer import SegFormer
 from peopleseg.models.weights import load_model_with_report, save_model
-from peopleseg.resize_policy import BATCHABLE, single_input_policy
+from peopleseg.resize_policy import single_input_policy
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class TrainSummary:
 
 
 def build_training_model(config: TrainConfig) -> SegFormer:
+    config.validate()
     # Loaded weights come back in eval mode (ready for inference); training needs drop-path and batch-norm
     # statistics on, and Lightning keeps whatever mode the modules start in.
     return _build_training_model(config).train()
@@ -102,9 +103,7 @@ def _info_for(arch: str, config: TrainConfig, base: ModelInfo) -> ModelInfo:
         info.mean = tuple(section.mean)  # type: ignore[assignment]
     if section.std is not None:
         info.std = tuple(section.std)  # type: ignore[assignment]
-    if section.resize not in BATCHABLE:
-        raise ConfigError(f"model.resize: must be one of {', '.join(BATCHABLE)}, got {section.resize!r}")
-    info.resize = section.resize
+    info.resize = section.resize  # one of BATCHABLE (TrainConfig.validate)
     return ModelInfo.from_dict(info.to_dict(), source="model config")
 
 
@@ -389,7 +388,6 @@ def _last_checkpoint(checkpoint_dir: Path, every: int) -> Any:
 
 
 def _weights_callback(out_dir: Path) -> Any:
-    import lightning.pytorch as pl
 
     class ExportWeights(pl.Callback):
         """Keep `best.safetensors` and `last.safetensors` (our format, ready for `peopleseg infer -m`) up to date."""
@@ -420,7 +418,6 @@ def _weights_callback(out_dir: Path) -> Any:
 
 def train(config: TrainConfig, resume: bool | str = False, progress: bool = True) -> TrainSummary:
     """Train with `config`. `resume=True` continues `<out_dir>/checkpoints/last.ckpt`; a path resumes that file."""
-    import lightning.pytorch as pl
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from peopleseg.resize_policy import BATCHABLE
+
 
 @dataclass
 class ModelSection:
@@ -126,6 +128,8 @@ class TrainConfig:
         )
         if len(model.classes) < 2 or len(set(model.classes)) != len(model.classes) or not all(model.classes):
             _bad("model.classes", "at least two distinct, non-empty names", model.classes)
+        if model.resize not in BATCHABLE:  # validation batches its images: sliding windows cannot
+            _bad("model.resize", f"one of {', '.join(BATCHABLE)}", model.resize)
         if model.drop_path_rate is not None:
             _check("model.drop_path_rate", model.drop_path_rate, 0, 1, high_open=True)
         _check("data.workers", data.workers, 0, integer=True)

@@ -216,7 +216,10 @@ class TensorRTBackend:
         # The engine carries no metadata: its export settings come from "<engine>.json", written when it was built.
         settings = read_engine_sidecar(path) or {}
         if info is None and "info" not in settings:
-            raise ConfigError(f"{path}: a TensorRT engine without its .json settings needs the model info (info=...)")
+            raise ConfigError(
+                f"{path}: a TensorRT engine carries no metadata and has no .json settings beside it: pass the model "
+                "info (normalisation, classes)"
+            )
         try:
             import tensorrt as trt
         except ImportError:
@@ -309,11 +312,7 @@ def make_backend(
         return OnnxRuntimeBackend(model, device=device, threads=threads, info=info)  # type: ignore[arg-type]
     if precision == "int8":
         raise ConfigError("int8 runs in onnxruntime: use backend 'onnxruntime' (or 'auto') on a CPU")
-    if backend == "tensorrt":
-        from peopleseg.export.tensorrt import read_engine_sidecar
-
-        if info is None and read_engine_sidecar(model) is None:  # type: ignore[arg-type]
-            raise ConfigError("a TensorRT engine carries no metadata: pass the model info (normalisation, classes)")
+    if backend == "tensorrt":  # it reads the engine's settings file, and asks for `info` when there is none
         return TensorRTBackend(model, info=info, device=device if device != "cpu" else "cuda")  # type: ignore[arg-type]
     network = model if isinstance(model, SegFormer) else load_model(model)
     torch_precision = "fp32" if precision == "auto" else precision

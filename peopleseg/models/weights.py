@@ -78,7 +78,8 @@ def load_model(
     allow_pickle: bool = False,
     info_overrides: dict[str, Any] | None = None,
 ) -> SegFormer:
-    """Build a registry model by name (random weights) or load weights from a path, in eval mode.
+    """Build a registry model by name (random weights), load the bundled model ("default"), or load weights from a
+    path, in eval mode.
 
     Paths may be our .safetensors, an HF transformers folder or file, or an NVlabs/mmseg/TAO .pth/.tlt/.ckpt.
     `info_overrides` sets ModelInfo fields a foreign checkpoint cannot carry, e.g. `{"mean": …, "std": …}`.
@@ -117,6 +118,13 @@ def _load(
     info_overrides: dict[str, Any] | None,
 ) -> tuple[SegFormer, LoadReport | None]:
     text = str(name_or_path)
+    if text == "default" and not Path(text).exists():  # the bundled model, as everywhere a model is named
+        from peopleseg.assets import default_weights_path
+
+        weights = default_weights_path()
+        if weights is None:
+            raise ModelError("default: this install bundles no default model; name a model or a weights file")
+        text = str(weights)
     if text in REGISTRY and not Path(text).exists():
         info = ModelInfo(arch=text)
         if info_overrides:
