@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from peopleseg.argtypes import positive_int
@@ -14,6 +15,18 @@ from peopleseg.errors import PeoplesegError
 from peopleseg.resize_policy import CHOICES
 
 TTA_HELP = "test-time augmentation: average views, e.g. flip or flip,1.5,sliding (several times the compute)"
+
+
+@contextlib.contextmanager
+def _extra(command: str, extra: str) -> Iterator[None]:
+    """A command's imports: a missing optional package is a one-line error naming the extra that brings it, as
+    `peopleseg serve` says (serve/command.py)."""
+    try:
+        yield
+    except ImportError as exc:
+        raise PeoplesegError(
+            f"peopleseg {command} needs the {extra} extra ({exc.name} is missing): pip install 'peopleseg[{extra}]'"
+        ) from None
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
@@ -163,7 +176,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     if args.config is None and not args.set:
         raise PeoplesegError("peopleseg train: give a config file (see configs/) or --set overrides")
-    from peopleseg.engine.train import train
+    with _extra("train", "train"):
+        from peopleseg.engine.train import train
 
     summary = train(config, resume=args.resume if args.resume else False, progress=not args.quiet)
     best = f", best val mIoU {summary.best_miou:.2f}" if summary.best_miou is not None else ""
@@ -203,7 +217,8 @@ def _palette(args: argparse.Namespace) -> object:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from peopleseg.engine.evaluate import EvalConfig, evaluate
+    with _extra("evaluate", "train"):  # the metrics are torchmetrics'
+        from peopleseg.engine.evaluate import EvalConfig, evaluate
     from peopleseg.engine.report import headline, markdown_table, write_reports
     from peopleseg.infer.segmenter import Segmenter
 

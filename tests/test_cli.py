@@ -182,3 +182,18 @@ def test_autolabel_refuses_other_settings_over_old_labels_unless_told_to_relabel
     assert len(err) == 1 and "labelled with other settings" in err[0] and "--relabel" in err[0]
     assert main([*base, "--max-side", "128", "--relabel"]) == 0
     assert "labelled 1 samples" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_a_missing_training_extra_is_a_one_line_error_naming_it(command, tmp_path, monkeypatch, capsys) -> None:
+    # As on a fresh `pip install .`, without `[train]`: the engine's modules import lightning and torchmetrics.
+    for name in [m for m in sys.modules if m.startswith("peopleseg.engine")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "lightning", None)
+    monkeypatch.setitem(sys.modules, "torchmetrics", None)
+    argv = {"train": ["train", "--set", "train.max_steps=1"], "evaluate": ["evaluate", "segformer_b0"]}[command]
+    folders = ["--images", str(tmp_path), "--masks", str(tmp_path)] if command == "evaluate" else []
+    assert main([*argv, *folders]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"peopleseg {command} needs the train extra" in err[0]
+    assert "pip install 'peopleseg[train]'" in err[0]
