@@ -90,6 +90,29 @@ def test_resuming_with_other_settings_is_refused_unless_relabelling(tmp_path: Pa
     assert again.skipped_done == 1 and again.labelled == 0
 
 
+def test_prior_masks_and_min_confidence_are_settings_too(tmp_path: Path) -> None:
+    write_scenes(tmp_path / "in", 2)
+    priors = tmp_path / "priors"
+    priors.mkdir()
+    for image in (tmp_path / "in").iterdir():
+        size = Image.open(image).size
+        Image.fromarray(np.zeros(size[::-1], np.uint8)).save(priors / f"{image.stem}.png")
+    out = tmp_path / "labels"
+    autolabel([str(tmp_path / "in")], out, RedTeacher(), progress=False)
+    with pytest.raises(ConfigError, match=r"prior_masks None -> '.*priors'"):
+        autolabel([str(tmp_path / "in")], out, RedTeacher(), AutolabelConfig(prior_masks=str(priors)), progress=False)
+    with pytest.raises(ConfigError, match=r"min_confidence 0.0 -> 0.5"):
+        autolabel([str(tmp_path / "in")], out, RedTeacher(), AutolabelConfig(min_confidence=0.5), progress=False)
+    # A manifest written before these were recorded resumes under the values that mean "as before".
+    lines = (out / "manifest.jsonl").read_text().splitlines(keepends=True)
+    old = json.loads(lines[0])
+    del old["settings"]["prior_masks"], old["settings"]["min_confidence"]
+    (out / "manifest.jsonl").write_text(json.dumps(old) + "\n" + "".join(lines[1:]))
+    assert autolabel([str(tmp_path / "in")], out, RedTeacher(), progress=False).skipped_done == 2
+    with pytest.raises(ConfigError, match="min_confidence"):
+        autolabel([str(tmp_path / "in")], out, RedTeacher(), AutolabelConfig(min_confidence=0.5), progress=False)
+
+
 def test_inputs_kept_under_the_output_folder_still_count(tmp_path: Path) -> None:
     write_scenes(tmp_path / "data" / "raw", 2)
     summary = autolabel([str(tmp_path / "data" / "raw")], tmp_path / "data", RedTeacher(), progress=False)

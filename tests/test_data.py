@@ -198,6 +198,22 @@ def test_folder_mask_size_mismatch_names_both_files(tmp_path: Path) -> None:
     assert one_line(exc) == f"{masks / 'a.png'}: mask is 10x10 but image {images / 'a.png'} is 32x24"
 
 
+def test_a_mask_drawn_on_an_exif_rotated_photos_stored_pixels_says_so(tmp_path: Path) -> None:
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir(), masks.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown (and read) turned a quarter: portrait
+    Image.new("RGB", (32, 24)).save(images / "a.jpg", exif=exif)
+    write(masks / "a.png", np.zeros((24, 32), np.uint8))  # drawn on the stored pixels
+    with pytest.raises(DataError) as exc:
+        SegmentationFolder(images, masks)[0]
+    assert one_line(exc).endswith(
+        "is 24x32 (turned on its side: images are read upright by their EXIF orientation, so draw masks upright)"
+    )
+    report = check_dataset(SegmentationFolder(images, masks), progress=False)
+    assert "turned on its side" in report.problems[0]
+
+
 def test_folder_list_file(tmp_path: Path) -> None:
     images, masks = make_folder(tmp_path, ["a.png", "b.jpg", "x/c.png", "x/d.png"])
     (tmp_path / "train.txt").write_text("# TAO-style split\nx/d\n\nb.jpg\nc\n./a\n")

@@ -31,7 +31,7 @@ import numpy as np
 from peopleseg.autolabel.labels import LabelPolicy, LabelStats, agreement_iou, with_prior
 from peopleseg.autolabel.teacher import Teacher, check_probabilities
 from peopleseg.data.image_io import IMAGE_SUFFIXES, read_image, write_image
-from peopleseg.data.masks import read_mask
+from peopleseg.data.masks import mask_size_mismatch, read_mask
 from peopleseg.errors import ConfigError, DataError, PeoplesegError
 from peopleseg.infer.run import VIDEO_SUFFIXES, is_video
 
@@ -88,7 +88,13 @@ class AutolabelConfig:
             "person_above": self.person_above,
             "video_every": self.video_every,
             "max_side": self.max_side,  # (not max_video_frames: it limits how much is labelled, not how)
+            "prior_masks": str(Path(self.prior_masks).resolve()) if self.prior_masks else None,
+            "min_confidence": self.min_confidence,  # which samples are kept
         }
+
+
+# Settings recorded since a later release, with the value that means "as before" for manifests written without them.
+_SETTINGS_ADDED_LATER: dict[str, Any] = {"prior_masks": None, "min_confidence": 0.0}
 
 
 @dataclass
@@ -305,6 +311,8 @@ class Manifest:
     def use_settings(self, settings: dict[str, Any]) -> None:
         """Record the settings of this run; a ConfigError if the labels already here were made with others (a
         relabel sets those aside first: `set_aside_old_labels`)."""
+        if self.settings is not None:
+            self.settings = {**_SETTINGS_ADDED_LATER, **self.settings}
         if self.settings is not None and self.settings != settings:
             changed = ", ".join(
                 f"{k} {self.settings.get(k)!r} -> {v!r}" for k, v in settings.items() if self.settings.get(k) != v
@@ -381,7 +389,7 @@ class SampleWriter:
         return image, probs, prior
 
 
-def read_prior(path: str, shape: tuple[int, ...]) -> np.ndarray:
+def read_prior(path: str, shape: tuple[int, ...], image: str = "its image") -> np.ndarray:
     """A dataset's own mask as 0/1/255 labels.
 
     0/1 ids (255 kept as ignore, as this project writes them), else 0/255 or greyscale foreground (above 127 is a
@@ -391,8 +399,9 @@ def read_prior(path: str, shape: tuple[int, ...]) -> np.ndarray:
     values = set(np.unique(raw).tolist())
     ids = values <= {0, 1} or (values <= {0, 1, 255} and 1 in values)
     labels = raw.astype(np.uint8) if ids else (raw > 127).astype(np.uint8)
-    if labels.shape != shape:
-        raise DataError(f"{path}: mask is {labels.shape[1]}x{labels.shape[0]}, its image {shape[1]}x{shape[0]}")
+    problem = mask_size_mismatch(path, labels.shape, image, shape)
+    if problem:
+        raise DataError(problem)
     return labels
 
 
@@ -476,7 +485,7 @@ def video_done(spec: str, source: str, manifest: Manifest, max_frames: int | Non
 def label_still(item: WorkItem, teacher: Teacher, writer: SampleWriter) -> dict[str, Any]:
     """Label one still and store it; its manifest record (`dropped` when unsure). DataError names the file."""
     image = read_image(item.path)
-    prior = read_prior(item.prior, image.shape[:2]) if item.prior else None
+    prior = read_prior(item.prior, image.shape[:2], item.path) if item.prior else None
     teacher.reset()
     probs = check_probabilities(teacher.label([image])[0], image, teacher.name)
     return writer.write(item.key, image, probs, item.path, prior)

@@ -24,7 +24,7 @@ from peopleseg.data.folder import (
     scan_folder,
 )
 from peopleseg.data.image_io import IMAGE_SUFFIXES, read_image
-from peopleseg.data.masks import IGNORE_INDEX, Palette, bad_label_values, load_mask_labels
+from peopleseg.data.masks import IGNORE_INDEX, Palette, bad_label_values, load_mask_labels, mask_size_mismatch
 from peopleseg.errors import ConfigError, DataError
 
 PathLike = str | os.PathLike
@@ -181,11 +181,9 @@ def _check_files(
                         f"{sample.mask}: label value {', '.join(map(str, bad[:5]))} outside 0..{stats.num_classes - 1} "
                         "(and 255 for ignore)"
                     )
-                if image_shape is not None and labels.shape != image_shape:
-                    report.problems.append(
-                        f"{sample.mask}: mask is {labels.shape[1]}x{labels.shape[0]} but image {sample.image} "
-                        f"is {image_shape[1]}x{image_shape[0]}"
-                    )
+                problem = image_shape and mask_size_mismatch(sample.mask, labels.shape, sample.image, image_shape)
+                if problem:
+                    report.problems.append(problem)
                 if len(report.problems) == problems_before:
                     stats.add(labels)  # class balance counts only the samples a trainer could use
         elif sample.mask is not None:

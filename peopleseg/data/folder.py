@@ -18,7 +18,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from peopleseg.data.image_io import IMAGE_SUFFIXES, read_image
-from peopleseg.data.masks import BINARY_WITH_PALETTE, IGNORE_INDEX, Palette, read_mask
+from peopleseg.data.masks import BINARY_WITH_PALETTE, IGNORE_INDEX, Palette, mask_size_mismatch, read_mask
 from peopleseg.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -189,11 +189,9 @@ def read_pair(
     if sample.mask is None:
         return image, np.full(image.shape[:2], IGNORE_INDEX, dtype=np.uint8)
     mask = read_mask(sample.mask, palette, num_classes, binary_255=binary_255)
-    if mask.shape != image.shape[:2]:
-        raise DataError(
-            f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but image {sample.image} "
-            f"is {image.shape[1]}x{image.shape[0]}"
-        )
+    problem = mask_size_mismatch(sample.mask, mask.shape, sample.image, image.shape)
+    if problem:
+        raise DataError(problem)
     return image, mask
 
 

@@ -129,6 +129,24 @@ def load_mask_labels(
     return labels
 
 
+def mask_size_mismatch(
+    mask: str | os.PathLike[str],
+    mask_shape: tuple[int, ...],
+    image: str | os.PathLike[str],
+    image_shape: tuple[int, ...],
+) -> str | None:
+    """The one-line problem when a mask's [H, W] differs from its image's, else None.
+
+    A mask that is the image turned on its side is most often drawn on a photo's stored pixels while the photo
+    carries an EXIF rotation (images are read upright), so that case says so."""
+    if tuple(mask_shape[:2]) == tuple(image_shape[:2]):
+        return None
+    problem = f"{mask}: mask is {mask_shape[1]}x{mask_shape[0]} but image {image} is {image_shape[1]}x{image_shape[0]}"
+    if tuple(mask_shape[:2]) == tuple(image_shape[:2])[::-1]:
+        problem += " (turned on its side: images are read upright by their EXIF orientation, so draw masks upright)"
+    return problem
+
+
 def check_labels(labels: np.ndarray, num_classes: int, path: str | os.PathLike[str]) -> np.ndarray:
     """Raise if any value is neither a class id (< num_classes) nor 255; return `labels` unchanged."""
     bad = bad_label_values(labels, num_classes)
