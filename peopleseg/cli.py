@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -216,12 +217,26 @@ def _palette(args: argparse.Namespace) -> object:
         raise PeoplesegError(f"{args.palette}: cannot read the palette ({exc.__class__.__name__})") from None
 
 
+def _writable_folder(path: Path, flag: str) -> None:
+    """Make the results folder `path` now, or a one-line error naming it and its flag."""
+    if path.exists() and not path.is_dir():
+        raise PeoplesegError(f"{flag} {path}: is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise PeoplesegError(f"{flag} {path}: cannot write there ({exc.strerror or exc})") from None
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     with _extra("evaluate", "train"):  # the metrics are torchmetrics'
         from peopleseg.engine.evaluate import EvalConfig, evaluate
     from peopleseg.engine.report import headline, markdown_table, write_reports
     from peopleseg.infer.segmenter import Segmenter
 
+    if args.out:  # before the run, not after it: a report folder that cannot be made would waste the evaluation
+        _writable_folder(Path(args.out), "--out")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         segmenter = Segmenter(args.model, backend=args.backend, device=args.device, threads=args.threads, tta=args.tta)
@@ -229,7 +244,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print("WARNING: evaluating a model with random weights.", file=sys.stderr)
     dataset = _folder_dataset(args, len(segmenter.classes))
     config = EvalConfig(protocol=args.protocol, batch_size=args.batch, max_images=args.max_images, worst=args.worst)
-    result = evaluate(segmenter, dataset, config, progress=not args.quiet)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        result = evaluate(segmenter, dataset, config, progress=not args.quiet)
+    for warning in caught:
+        print(f"WARNING: {warning.message}", file=sys.stderr)
     print(headline(result))
     print(markdown_table(result))
     if args.out:
@@ -250,6 +269,7 @@ def _cmd_data_check(args: argparse.Namespace) -> int:
         binary_255=args.binary_255,
         subset_from_subfolder=args.subset_from_subfolder,
         subsets_csv=args.subsets_csv,
+        list_file=args.list_file,
         progress=not args.quiet,
     )
     print(report.summary())
@@ -636,6 +656,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the machine's doing (a full disk, a read-only folder, a file in a folder's place)
+        if os.environ.get("PEOPLESEG_DEBUG"):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except Exception as exc:
         if os.environ.get("PEOPLESEG_DEBUG"):
             raise

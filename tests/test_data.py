@@ -244,6 +244,22 @@ def test_folder_subsets_from_subfolders_and_csv(tmp_path: Path) -> None:
         SegmentationFolder(images, masks, subsets_csv=tmp_path / "subsets.csv", subset_from_subfolder=True)
 
 
+def test_list_files_and_csvs_with_a_bom_absolute_entries_and_no_subset_named_all(tmp_path: Path, monkeypatch) -> None:
+    images, masks = make_folder(tmp_path, ["5ft/a.png", "all/b.png"])
+    monkeypatch.chdir(tmp_path)
+    listed = tmp_path / "val.txt"
+    listed.write_text(f"\ufeff5ft/a\n{tmp_path / 'images' / 'all' / 'b.png'}\n", encoding="utf-8")
+    dataset = SegmentationFolder("images", "masks", list_file=listed)  # a relative root, an absolute entry
+    assert [Path(s.image).name for s in dataset.samples] == ["a.png", "b.png"]
+    (tmp_path / "subsets.csv").write_text("\ufeffimage,subset\n5ft/a.png,near\n", encoding="utf-8")
+    assert SegmentationFolder(images, masks, subsets_csv=tmp_path / "subsets.csv").subsets == ["near"]
+    with pytest.raises(DataError, match=r"all: a subset folder may not be named 'all'"):
+        SegmentationFolder(images, masks, subset_from_subfolder=True)
+    (tmp_path / "all.csv").write_text("image,subset\n5ft/a.png,all\n")
+    with pytest.raises(DataError, match=r"all.csv:2: a subset may not be named 'all'"):
+        SegmentationFolder(images, masks, subsets_csv=tmp_path / "all.csv")
+
+
 def test_folder_unlabelled_palette_and_split_dirs(tmp_path: Path) -> None:
     images, _ = make_folder(tmp_path, ["a.png"])
     assert (SegmentationFolder(images, None)[0]["mask"] == 255).all()

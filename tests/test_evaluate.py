@@ -241,6 +241,51 @@ def test_config_checks_and_max_images() -> None:
     assert result.images == 3 and result.seconds > 0 and not math.isnan(result.images_per_second)
 
 
+def test_tta_names_the_image_too_big_for_a_view_and_the_report_names_only_views_that_ran() -> None:
+    samples = _dataset(2)
+    samples[1]["path"] = "big.png"
+    too_big = Segmenter("segformer_b0", backend=RedIsPerson(), tta="2", max_pixels=HEIGHT * WIDTH * 2)
+    with pytest.raises(DataError, match=r"^img0.png: tta view usualx2 would make a 96x64 image 192x128"):
+        evaluate(too_big, samples, EvalConfig(), progress=False)
+    sliding = Segmenter("segformer_b0", backend=RedIsPerson(), tta="flip,sliding")
+    result = evaluate(sliding, samples, EvalConfig(protocol="sliding"), progress=False)
+    assert result.tta == ["usual", "usual+flip"]  # under sliding, the sliding view is the usual one
+    assert evaluate(sliding, samples, EvalConfig(protocol="resize"), progress=False).tta == [
+        "usual",
+        "usual+flip",
+        "sliding",
+        "sliding+flip",
+    ]
+    only_sliding = Segmenter("segformer_b0", backend=RedIsPerson(), tta="sliding")
+    assert evaluate(only_sliding, samples, EvalConfig(protocol="sliding"), progress=False).tta == []
+
+
+def test_a_run_cut_short_leaves_out_subsets_it_never_reached() -> None:
+    class Declared(list):
+        subsets = ["crowd", "coco", "never"]
+
+    result = evaluate(_segmenter(), Declared(_dataset(4)), EvalConfig(max_images=1), progress=False)
+    assert list(result.subsets) == ["crowd"]
+    assert list(evaluate(_segmenter(), Declared(_dataset(4)), progress=False).subsets) == ["crowd", "coco", "never"]
+
+
+def test_a_report_rewritten_with_fewer_worst_images_keeps_none_of_the_old_gallery(tmp_path) -> None:
+    samples = _dataset(4)
+    write_reports(evaluate(_segmenter(), samples, EvalConfig(worst=3), progress=False), tmp_path, dataset=samples)
+    (tmp_path / "worst" / "notes.png").write_bytes(b"mine")
+    assert len(list((tmp_path / "worst").glob("0*.png"))) == 9
+    write_reports(evaluate(_segmenter(), samples, EvalConfig(worst=1), progress=False), tmp_path, dataset=samples)
+    assert sorted(p.name for p in (tmp_path / "worst").iterdir()) == [
+        "000_image.png",
+        "000_pred.png",
+        "000_truth.png",
+        "notes.png",
+    ]
+    write_reports(evaluate(_segmenter(), samples, EvalConfig(), progress=False), tmp_path, dataset=samples)
+    assert not (tmp_path / "worst.html").exists()
+    assert [p.name for p in (tmp_path / "worst").iterdir()] == ["notes.png"]
+
+
 @pytest.mark.parametrize(("n", "world"), [(10, 3), (7, 4), (2, 4), (0, 2), (12, 1)])
 def test_shards_cover_every_index_exactly_once(n: int, world: int) -> None:
     shards = [list(shard_indices(n, rank, world)) for rank in range(world)]

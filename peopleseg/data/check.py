@@ -106,6 +106,7 @@ def check_dataset(
     class_names: Sequence[str] | None = None,
     subset_from_subfolder: bool = False,
     subsets_csv: PathLike | None = None,
+    list_file: PathLike | None = None,
     progress: bool = True,
 ) -> CheckReport:
     """Check one dataset or several named splits.
@@ -114,7 +115,9 @@ def check_dataset(
     sample contract (e.g. `CocoPersonDataset`; every sample is loaded), an `(images, masks)` pair of folders, a
     root folder holding `images/<split>` + `masks/<split>` or `<split>/images` + `<split>/masks` (or plain
     `images` + `masks`), or a mapping of split name to any of these. `num_classes` defaults to the dataset's.
-    The label and subset options apply to folders given as paths; a dataset object brings its own.
+    The label, subset and list-file options apply to folders given as paths; a dataset object brings its own.
+    A split whose masks hold 255 but no pixel of any class other than the first is a problem too: most often
+    0/255 person masks read without `binary_255`, where every person would be ignored.
     """
     sources = _splits(dataset_or_dirs)
     if num_classes is None:
@@ -140,12 +143,22 @@ def check_dataset(
                     masks = None
                 try:
                     scan = scan_folder(
-                        images, masks, subsets_csv=subsets_csv, subset_from_subfolder=subset_from_subfolder
+                        images,
+                        masks,
+                        list_file=list_file,
+                        subsets_csv=subsets_csv,
+                        subset_from_subfolder=subset_from_subfolder,
                     )
                 except DataError as exc:  # no such folder, no images found
                     report.problems.append(str(exc))
                     continue
                 _check_files(scan.samples, palette, binary_255, stats, report, bar)
+            if stats.ignore_pixels and not any(stats.class_pixels[1:]):
+                ignored = _percent(stats.ignore_pixels, stats.ignore_pixels + stats.class_pixels[0])
+                report.problems.append(
+                    f"{name}: no pixel of any class but {names[0]}, and {ignored} are 255 (ignore): if these are "
+                    "0/255 person masks, read them with --binary-255 (binary_255=True)"
+                )
     return report
 
 

@@ -82,6 +82,8 @@ def scan_folder(
         subset = subsets.get(rel, "")
         if subset_from_subfolder:
             subset = rel.parts[0] if len(rel.parts) > 1 else ""
+            if subset == "all":  # the name of the whole dataset's row in every report
+                raise DataError(f"{images / subset}: a subset folder may not be named 'all'; rename it")
         mask = Path(masks) / rel.with_suffix(".png") if masks is not None else None
         sample = FolderSample(images / rel, mask, subset)
         samples.append(sample)
@@ -250,8 +252,8 @@ class _NameIndex:
     def find(self, entry: str) -> Path | None:
         """The image for `entry`, or None; an ambiguous bare stem is an error."""
         if Path(entry).is_absolute():
-            try:
-                entry = Path(entry).relative_to(self.root).as_posix()
+            try:  # resolved both: the root may have been given relative to the working folder
+                entry = Path(entry).resolve().relative_to(self.root.resolve()).as_posix()
             except ValueError:
                 return None
         entry = entry.removeprefix("./")
@@ -278,7 +280,7 @@ def _read_list(path: Path) -> list[tuple[int, str]]:
     if not path.is_file():
         raise DataError(f"{path}: no such list file")
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM is not a name
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read list file ({exc})") from None
     return [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip() and not line.strip().startswith("#")]
@@ -289,7 +291,7 @@ def _read_subsets(path: Path, index: _NameIndex) -> dict[Path, str]:
         raise DataError(f"{path}: no such subsets CSV")
     subsets: dict[Path, str] = {}
     try:
-        with open(path, newline="", encoding="utf-8") as stream:
+        with open(path, newline="", encoding="utf-8-sig") as stream:  # -sig: Excel writes a BOM
             reader = csv.DictReader(stream)
             fields = [name.strip() for name in reader.fieldnames or []]
             if "image" not in fields or "subset" not in fields:
@@ -300,6 +302,8 @@ def _read_subsets(path: Path, index: _NameIndex) -> dict[Path, str]:
                 name, subset = (row.get("image") or "").strip(), (row.get("subset") or "").strip()
                 if not name:
                     raise DataError(f"{where}: empty 'image' column")
+                if subset == "all":
+                    raise DataError(f"{where}: a subset may not be named 'all' (the whole dataset's row); rename it")
                 try:
                     rel = index.find(name)
                 except DataError as exc:

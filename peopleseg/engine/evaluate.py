@@ -42,6 +42,7 @@ from peopleseg.engine.metrics import ALL, IGNORE_INDEX, SubsetMetrics, confusion
 from peopleseg.errors import ConfigError, DataError
 from peopleseg.infer.image_input import to_rgb
 from peopleseg.infer.segmenter import Segmenter
+from peopleseg.infer.tta import check_view_sizes, views_for_policy
 from peopleseg.resize_policy import CHOICES
 
 # "resize" is NVIDIA's model card protocol (TAO's): the image stretched to the network input, the scores resized back.
@@ -168,13 +169,14 @@ def evaluate(
     person = classes.index("person") if "person" in classes else None
     worst = _WorstImages(config.worst)
     total = _length(dataset, config.max_images)
-    count = 0
+    count = ignored = 0
     start = time.perf_counter()
     with _progress_bar(progress) as bar:
         task = bar.add_task("evaluating", total=total)
-        for batch in _batches(_samples(dataset, config.max_images, num_classes, segmenter.max_pixels), config):
+        for batch in _batches(_samples(dataset, config.max_images, segmenter, protocol), config):
             preds = predict([sample.image for sample in batch])
             for sample, pred in zip(batch, preds, strict=True):
+                ignored += int(np.count_nonzero(sample.mask == IGNORE_INDEX))
                 conf = confusion_matrix(pred, sample.mask, num_classes, IGNORE_INDEX)
                 metrics.add(conf, sample.subset)
                 worst.offer(sample, pred, image_score(conf, person))
@@ -185,6 +187,15 @@ def evaluate(
         raise DataError("the dataset is empty: there is nothing to evaluate")
     rows = metrics.compute()
     overall = rows.pop(ALL)
+    if ignored and not any(sum(row) for row in overall["confusion"][1:]):
+        warnings.warn(
+            f"the masks hold no pixel of any class but '{classes[0]}', and {ignored} pixels are 255 (ignore): "
+            "if they are 0/255 person masks, evaluate with --binary-255 (binary_255=True), or every person is ignored",
+            UserWarning,
+            stacklevel=2,
+        )
+    if config.max_images is not None:  # a run cut short says nothing of the subsets it never reached
+        rows = {name: row for name, row in rows.items() if row.get("images", 0) > 0}
     order = [name for name in declared if name in rows] + sorted(name for name in rows if name not in declared)
     return EvalResult(
         overall=overall,
@@ -194,7 +205,7 @@ def evaluate(
         worst=worst.sorted(),
         classes=classes,
         protocol=protocol,
-        tta=[view.name for view in segmenter.views] if segmenter.uses_tta else [],
+        tta=[view.name for view in ran] if len(ran := views_for_policy(segmenter.views, protocol)) > 1 else [],
     )
 
 
@@ -244,10 +255,16 @@ class _Sample:
 
 
 def _samples(
-    dataset: Iterable[Mapping[str, Any]], limit: int | None, num_classes: int, max_pixels: int
+    dataset: Iterable[Mapping[str, Any]], limit: int | None, segmenter: Segmenter, protocol: str
 ) -> Iterator[_Sample]:
+    views = views_for_policy(segmenter.views, protocol) if segmenter.uses_tta else []
     for index, item in _items(dataset, limit):
-        yield _check_sample(index, item, num_classes, max_pixels)
+        sample = _check_sample(index, item, len(segmenter.classes), segmenter.max_pixels)
+        try:  # here, where the image's name is known, not deep in the batch
+            check_view_sizes(views, sample.image.shape, protocol, segmenter.info.input_size, segmenter.max_pixels)
+        except DataError as exc:
+            raise DataError(f"{sample.path}: {exc}") from None
+        yield sample
 
 
 def _items(dataset: Iterable[Mapping[str, Any]], limit: int | None) -> Iterator[tuple[int, Any]]:

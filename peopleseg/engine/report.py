@@ -7,6 +7,7 @@ import html
 import json
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from peopleseg.errors import PeoplesegError
 from peopleseg.infer.render import overlay
 
 THUMBNAIL = 320  # longest side of a gallery picture, in pixels
+GALLERY_PICTURE = re.compile(r"\d{3}_(image|pred|truth)\.png")
 IGNORE_COLOR = (128, 128, 128)
 
 
@@ -74,7 +76,18 @@ def write_reports(
     with atomic_open(out / "metrics.md") as stream:
         stream.write(_markdown(result, has_gallery=bool(gallery)))
     written.append(out / "metrics.md")
+    _remove_stale_gallery(out, keep=set(gallery))
     return written + gallery
+
+
+def _remove_stale_gallery(out: Path, keep: set[Path]) -> None:
+    """An earlier run's gallery pictures (and page) that this run did not rewrite, so the folder shows one run.
+    Only files named as the gallery names them are touched."""
+    stale = [p for p in (out / "worst").glob("*.png") if GALLERY_PICTURE.fullmatch(p.name) and p not in keep]
+    if out / "worst.html" not in keep and (out / "worst.html").is_file():
+        stale.append(out / "worst.html")
+    for path in stale:
+        path.unlink(missing_ok=True)
 
 
 # --- Markdown ------------------------------------------------------------------------------------------------------

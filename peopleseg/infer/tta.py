@@ -91,6 +91,26 @@ def parse_views(spec: str | Sequence[View]) -> list[View]:
     return list(dict.fromkeys(View(flip, scale, sliding) for scale, sliding in bases for flip in flips))
 
 
+def views_for_policy(views: Sequence[View], policy: str) -> list[View]:
+    """The views that run under `policy`: under sliding the usual view already is sliding windows, so a `sliding`
+    view would repeat it and is dropped."""
+    return list(dict.fromkeys(View(v.flip, v.scale, v.sliding and policy != "sliding") for v in views))
+
+
+def check_view_sizes(
+    views: Sequence[View], shape: tuple[int, ...], policy: str, input_size: tuple[int, int], max_pixels: int
+) -> None:
+    """A DataError if a view would grow an image of `shape` beyond `max_pixels` (or its own size, if larger)."""
+    height, width = shape[:2]
+    for view in views:
+        size, _ = view.plan(shape, policy, input_size)
+        if size[0] * size[1] > max(max_pixels, height * width):
+            raise DataError(
+                f"tta view {view.name} would make a {width}x{height} image {size[1]}x{size[0]}, above "
+                f"max_pixels ({max_pixels}); use a smaller scale"
+            )
+
+
 def scores_over_views(
     score: Callable[[list[np.ndarray], str], Scores],
     arrays: list[np.ndarray],
@@ -105,17 +125,10 @@ def scores_over_views(
 
     A view may not grow an image beyond `max_pixels`: every view of every image is checked before any runs.
     Sliding-window views run one image at a time, so memory holds one image's windows, not a batch's."""
-    # Under the sliding policy the usual view already is sliding windows: `sliding` would repeat it.
-    views = list(dict.fromkeys(View(v.flip, v.scale, v.sliding and policy != "sliding") for v in views))
+    views = views_for_policy(views, policy)
+    for array in arrays:
+        check_view_sizes(views, array.shape, policy, input_size, max_pixels)
     plans = [[view.plan(array.shape, policy, input_size) for array in arrays] for view in views]
-    for view, view_plans in zip(views, plans, strict=True):
-        for array, (size, _) in zip(arrays, view_plans, strict=True):
-            height, width = array.shape[:2]
-            if size[0] * size[1] > max(max_pixels, height * width):
-                raise DataError(
-                    f"tta view {view.name} would make a {width}x{height} image {size[1]}x{size[0]}, above "
-                    f"max_pixels ({max_pixels}); use a smaller scale"
-                )
     totals = [np.zeros(a.shape[:2], np.float32) for a in arrays]
     for view, view_plans in zip(views, plans, strict=True):
         batched = [i for i, (_, p) in enumerate(view_plans) if p != "sliding"]
