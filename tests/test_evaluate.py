@@ -262,7 +262,7 @@ def test_tta_names_the_image_too_big_for_a_view_and_the_report_names_only_views_
 
 def test_a_run_cut_short_leaves_out_subsets_it_never_reached() -> None:
     class Declared(list):
-        subsets = ["crowd", "coco", "never"]
+        subsets = ("crowd", "coco", "never")
 
     result = evaluate(_segmenter(), Declared(_dataset(4)), EvalConfig(max_images=1), progress=False)
     assert list(result.subsets) == ["crowd"]

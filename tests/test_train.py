@@ -9,8 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 pytest.importorskip("lightning")
 from synthetic import write_people_dataset
@@ -19,7 +21,7 @@ from peopleseg.cli import main
 from peopleseg.config import load_config
 from peopleseg.engine.train import build_training_model, train
 from peopleseg.engine.train_config import TrainConfig
-from peopleseg.errors import ConfigError
+from peopleseg.errors import ConfigError, DataError
 from peopleseg.models import build_model, load_model, save_model
 
 
@@ -177,6 +179,21 @@ def test_cli_errors_and_print_config(tmp_path, capsys) -> None:
     assert "no checkpoint" in capsys.readouterr().err
     with pytest.raises(ConfigError, match=r"data\.train: give 'images'"):
         train(load_config(TrainConfig, None, [f"train.out_dir={tmp_path}"]), progress=False)
+
+
+def test_0_255_person_masks_read_as_ids_stop_before_training(people, tmp_path) -> None:
+    masks = tmp_path / "masks"
+    for path in (people / "masks/train").rglob("*.png"):
+        target = masks / path.relative_to(people / "masks/train")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.where(np.asarray(Image.open(path)) == 1, 255, 0).astype(np.uint8)).save(target)
+    extra = {"data.train.masks": masks}
+    with pytest.raises(DataError, match=r"data\.train\.masks .*only 0 and 255.*data\.binary_255: true"):
+        train(load_config(TrainConfig, None, overrides(people, tmp_path / "run", 1, **extra)), progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+    binary = {**extra, "data.binary_255": "true"}
+    binary["data.val"] = f"{{images: {people / 'images/train'}, masks: {masks}}}"
+    assert train(load_config(TrainConfig, None, overrides(people, tmp_path / "ok", 1, **binary)), progress=False)
 
 
 def test_train_on_coco_annotations(people, tmp_path) -> None:

@@ -162,6 +162,22 @@ def check_dataset(
     return report
 
 
+def looks_like_0_255(masks: Sequence[PathLike], sample: int = 8) -> bool:
+    """True when up to `sample` masks spread over `masks` all hold 255 and none holds any id but 0: people marked
+    255 in masks read as ids, where training would ignore every person."""
+    if not masks:
+        return False
+    picked = [masks[i * len(masks) // min(sample, len(masks))] for i in range(min(sample, len(masks)))]
+    for path in picked:
+        try:
+            values = np.unique(load_mask_labels(path))
+        except DataError:
+            return False  # a bad file is reported where it is read, with its own message
+        if IGNORE_INDEX not in values or np.any((values != 0) & (values != IGNORE_INDEX)):
+            return False
+    return True
+
+
 def _check_files(
     samples: Sequence[FolderSample],
     palette: Palette | None,

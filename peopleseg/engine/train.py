@@ -221,6 +221,7 @@ class _EveryRankValidates(pl.Callback):
 
 
 def make_dataset(split: SplitSection, config: TrainConfig, transform: Any, train: bool) -> Dataset:
+    from peopleseg.data.check import looks_like_0_255
     from peopleseg.data.folder import SegmentationFolder
     from peopleseg.data.masks import Palette
 
@@ -250,7 +251,7 @@ def make_dataset(split: SplitSection, config: TrainConfig, transform: Any, train
         if config.model.classes != ["background", "person"]:
             raise ConfigError("data: COCO annotations give background/person masks; set model.classes to those")
         return CocoPersonDataset(split.coco, split.images, transform=transform)
-    return SegmentationFolder(
+    folder = SegmentationFolder(
         split.images,
         split.masks,
         list_file=split.list_file,
@@ -262,6 +263,13 @@ def make_dataset(split: SplitSection, config: TrainConfig, transform: Any, train
         transform=transform,
         skip_bad=data.skip_bad,
     )
+    masks = [s.mask for s in folder.samples if s.mask is not None]
+    if not data.binary_255 and not data.palette and looks_like_0_255(masks):
+        raise DataError(
+            f"data.{'train' if train else 'val'}.masks {split.masks}: the masks sampled hold only 0 and 255, so every "
+            "person would be ignored; for 0/255 person masks set data.binary_255: true (--binary-255 elsewhere)"
+        )
+    return folder
 
 
 def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
