@@ -229,6 +229,37 @@ def _writable_folder(path: Path, flag: str) -> None:
         raise PeoplesegError(f"{flag} {path}: cannot write there ({exc.strerror or exc})") from None
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from peopleseg.models.weights import load_model_with_report, save_model
+
+    if not args.output.endswith(".safetensors"):
+        raise PeoplesegError(f"-o {args.output}: weights are saved as .safetensors")
+    if (args.mean is None) != (args.std is None):
+        raise PeoplesegError("--mean and --std go together: a checkpoint's normalisation needs both")
+    overrides = {"mean": args.mean, "std": args.std} if args.mean is not None else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        model, report = load_model_with_report(
+            args.source, strict=not args.not_strict, allow_pickle=args.allow_pickle, info_overrides=overrides
+        )
+    for warning in caught:
+        print(f"WARNING: {warning.message}", file=sys.stderr)
+    written = save_model(model, args.output, dtype=torch_float16() if args.fp16 else None)
+    info = model.info
+    print(
+        f"{args.source} -> {written}: {info.arch}, classes {', '.join(info.classes)}, "
+        f"input {info.input_size[0]}x{info.input_size[1]}, mean {list(info.mean)}, std {list(info.std)}"
+        + (f", {report.summary()}" if report is not None and not report.clean else "")
+    )
+    return 0
+
+
+def torch_float16() -> object:
+    import torch
+
+    return torch.float16
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     with _extra("evaluate", "train"):  # the metrics are torchmetrics'
         from peopleseg.engine.evaluate import EvalConfig, evaluate
@@ -344,7 +375,8 @@ def _cmd_autolabel(args: argparse.Namespace) -> int:
         )
     print(
         f"labelled {summary.labelled} samples in {summary.seconds:.1f} s ({summary.per_second:.2f}/s), "
-        f"{summary.skipped_done} already done, {summary.dropped_low_confidence} dropped as unsure, "
+        f"{summary.skipped_done} inputs already done (a photo or a whole video each), "
+        f"{summary.dropped_low_confidence} dropped as unsure, "
         f"{len(summary.failed)} failed{agreement} -> {args.output}"
     )
     if args.shards:
@@ -352,7 +384,9 @@ def _cmd_autolabel(args: argparse.Namespace) -> int:
         from peopleseg.data.shards import pack_shards
 
         dataset = SegmentationFolder(Path(args.output) / "images", Path(args.output) / "masks")
-        pack_shards(dataset, args.shards, progress=not args.quiet)
+        # The shards mirror the folder: when this run changed it, they are packed again, not resumed.
+        changed = summary.labelled or summary.dropped_low_confidence or config.relabel
+        pack_shards(dataset, args.shards, resume=not changed, progress=not args.quiet)
         print(f"shards -> {args.shards}")
     return 1 if summary.failed and not summary.labelled else 0
 
@@ -378,6 +412,26 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--size", type=_positive_multiple_of_32, default=512, help="square input size (default 512)")
     models.add_argument("--no-flops", action="store_true", help="skip the compute count")
     models.set_defaults(run=_cmd_models)
+
+    converter = commands.add_parser(
+        "convert",
+        help="turn any checkpoint peopleseg loads (HF, NVlabs, mmseg, TAO) into peopleseg safetensors",
+        description="Load a checkpoint as load_model does and write it as .safetensors with its metadata sidecar: "
+        "it then loads fast and safely in every command (infer, evaluate, export, serve, benchmark, train's "
+        "model.init).",
+    )
+    converter.add_argument("source", help="checkpoint file or HF folder")
+    converter.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
+    converter.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read a .pth that pickles Python objects besides tensors (runs code from it: trusted sources only)",
+    )
+    converter.add_argument("--not-strict", action="store_true", help="load what matches and report the rest")
+    converter.add_argument("--mean", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation mean, 0-255")
+    converter.add_argument("--std", type=float, nargs=3, metavar=("R", "G", "B"), help="normalisation std, 0-255")
+    converter.add_argument("--fp16", action="store_true", help="store floating tensors as fp16 (half the file)")
+    converter.set_defaults(run=_cmd_convert)
 
     infer = commands.add_parser(
         "infer",
@@ -569,13 +623,19 @@ def build_parser() -> argparse.ArgumentParser:
         "peopleseg:MODEL; add weight=W; repeat for an ensemble",
     )
     labeler.add_argument("--tta", default="", help="test-time views to average, e.g. flip,0.75,1.25")
-    labeler.add_argument("--background-below", type=float, default=0.3, help="p <= this is background")
-    labeler.add_argument("--person-above", type=float, default=0.7, help="p >= this is person; between is 255")
+    labeler.add_argument("--background-below", type=float, default=0.3, help="p <= this is background (default 0.3)")
+    labeler.add_argument(
+        "--person-above", type=float, default=0.7, help="p >= this is person; between is 255 (default 0.7)"
+    )
     labeler.add_argument("--prior-masks", help="folder of masks the images already have: merged, disagreement ignored")
-    labeler.add_argument("--video-every", type=positive_int, default=5, help="keep every Nth video frame")
+    labeler.add_argument("--video-every", type=positive_int, default=5, help="keep every Nth video frame (default 5)")
     labeler.add_argument("--max-frames", type=positive_int, help="stop each video after this many frames")
-    labeler.add_argument("--max-side", type=int, default=1024, help="downscale stored samples to this side (0: keep)")
-    labeler.add_argument("--min-confidence", type=float, default=0.0, help="drop samples with fewer sure pixels")
+    labeler.add_argument(
+        "--max-side", type=int, default=1024, help="downscale stored samples to this side (default 1024; 0: keep)"
+    )
+    labeler.add_argument(
+        "--min-confidence", type=float, default=0.0, help="drop samples with fewer sure pixels (a fraction; default 0)"
+    )
     labeler.add_argument(
         "--relabel", action="store_true", help="label every input again, even over labels made with other settings"
     )
@@ -588,7 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDRESS",
         help="run on a Ray cluster (a local one when no address is given); needs `pip install peopleseg[ray]`",
     )
-    labeler.add_argument("--ray-workers", type=positive_int, default=2, help="labelling actors on Ray")
+    labeler.add_argument("--ray-workers", type=positive_int, default=2, help="labelling actors on Ray (default 2)")
     labeler.add_argument("-q", "--quiet", action="store_true")
     labeler.set_defaults(run=_cmd_autolabel)
     review = commands.add_parser(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import types
@@ -195,7 +196,12 @@ def test_peopleseg_and_onnx_models_are_teachers(tmp_path: Path) -> None:
     # The Segmenter's own views: a rescaled image would reach a letterboxing model as the same network input.
     flipped = build_teacher([f"onnx:{onnx_path},tta=flip"])
     assert [view.name for view in flipped._segmenter.views] == ["usual", "usual+flip"]  # type: ignore[attr-defined]
-    assert flipped.name == "peopleseg:b0.onnx+views(usual,usual+flip)"  # the manifest says how labels were made
+    # The manifest says how labels were made: the kind, the weights' content, the resize policy and the views.
+    assert re.fullmatch(r"onnx:b0\.onnx@[0-9a-f]{12},resize\+views\(usual,usual\+flip\)", flipped.name)
+    torch_name = build_teacher([f"peopleseg:{weights},resize=letterbox"]).name
+    assert re.fullmatch(r"peopleseg:b0\.safetensors@[0-9a-f]{12},letterbox", torch_name)
+    other = save_model(build_model("segformer_b0").eval(), tmp_path / "other" / "b0.safetensors")  # same name
+    assert build_teacher([f"peopleseg:{other},resize=letterbox"]).name != torch_name
     mirrored = build_teacher([f"onnx:{onnx_path}"]).label([np.ascontiguousarray(image[:, ::-1])])[0][:, ::-1]
     np.testing.assert_allclose(flipped.label([image])[0], (onnx_probs + mirrored) / 2, atol=1e-5)
     with pytest.raises(ConfigError, match="tta: expected"):
@@ -355,11 +361,15 @@ def test_cli_autolabel_and_review(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert sorted(p.name for p in (tmp_path / "shards").glob("*.tar")) == ["shard-000000.tar"]
     assert main(argv) == 0
     assert "0 samples" in capsys.readouterr().out
+    write_scenes(tmp_path / "in", 4)  # one more photo: labelled, and the shards packed again to hold it
+    assert main([*argv, "--shards", str(tmp_path / "shards")]) == 0
+    assert "labelled 1 samples" in capsys.readouterr().out
+    assert json.loads((tmp_path / "shards" / "shard-index.json").read_text())["samples"] == 4
     assert main(["autolabel", "review", str(out), "-o", str(tmp_path / "sheet.png")]) == 0
-    assert Image.open(tmp_path / "sheet.png").size == (3 * 256, 256)
+    assert Image.open(tmp_path / "sheet.png").size == (4 * 256, 256)
     assert main(["autolabel", "review", str(out), "-o", str(tmp_path / "sheet.html"), "--sort", "random"]) == 0
     page = (tmp_path / "sheet.html").read_text()
-    assert page.count("<figure>") == 3 and "data:image/jpeg;base64," in page
+    assert page.count("<figure>") == 4 and "data:image/jpeg;base64," in page
     assert main(["autolabel", str(tmp_path / "in"), "-o", str(out), "-t", "mediapipe:tiny"]) == 1
     assert "model must be one of" in capsys.readouterr().err
     assert main(["autolabel", "review", str(tmp_path), "-o", str(tmp_path / "x.png")]) == 1

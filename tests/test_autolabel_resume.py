@@ -14,7 +14,7 @@ from test_autolabel import CountingTeacher, RedTeacher, read_records, write_scen
 
 from peopleseg.autolabel.ensemble import EnsembleTeacher
 from peopleseg.autolabel.review import write_review
-from peopleseg.autolabel.run import AutolabelConfig, autolabel, plan_inputs, read_prior
+from peopleseg.autolabel.run import AutolabelConfig, autolabel, latest_samples, plan_inputs, read_prior
 from peopleseg.autolabel.specs import TeacherSpec
 from peopleseg.errors import ConfigError, DataError
 
@@ -208,6 +208,16 @@ def test_a_teacher_passed_in_is_left_open(tmp_path: Path) -> None:
     autolabel([str(tmp_path / "in")], tmp_path / "a", teacher, progress=False)
     assert not teacher.closed
     assert autolabel([str(tmp_path / "in")], tmp_path / "b", teacher, progress=False).labelled == 1
+
+
+def test_latest_samples_reads_a_labels_folder_or_its_manifest(tmp_path: Path) -> None:
+    write_scenes(tmp_path / "in", 2)
+    autolabel([str(tmp_path / "in")], tmp_path / "labels", RedTeacher(), progress=False)
+    by_folder = latest_samples(str(tmp_path / "labels"))
+    assert sorted(by_folder) == ["in/scene_0", "in/scene_1"]
+    assert latest_samples(tmp_path / "labels" / "manifest.jsonl") == by_folder
+    with pytest.raises(DataError, match=r"nowhere/manifest\.jsonl: no such manifest"):
+        latest_samples(tmp_path / "nowhere" / "manifest.jsonl")
 
 
 def test_split_script_counts_each_sample_once_and_survives_a_cut_line(tmp_path: Path) -> None:

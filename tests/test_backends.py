@@ -8,6 +8,7 @@ from torch import nn
 from peopleseg import Segmenter, build_model
 from peopleseg.errors import ConfigError, ModelError
 from peopleseg.export.onnx_export import export_onnx
+from peopleseg.models.weights import save_model
 
 pytest.importorskip("onnxruntime")
 
@@ -110,6 +111,12 @@ def test_tensorrt_without_tensorrt_says_how_to_get_it(tmp_path) -> None:
     engine.write_bytes(b"x")
     with pytest.raises(ModelError, match="pip install tensorrt"):
         Segmenter(engine, info=build_model("segformer_b0").info)
+
+
+def test_the_tensorrt_backend_on_a_weights_file_says_it_needs_an_engine(tmp_path) -> None:
+    weights = save_model(build_model("segformer_b0"), tmp_path / "b0.safetensors")
+    with pytest.raises(ConfigError, match=r"runs a TensorRT engine \(.engine or .plan\), got .*b0\.safetensors"):
+        Segmenter(weights, backend="tensorrt")
 
 
 def test_cuda_device_without_cuda_is_a_clear_error() -> None:

@@ -137,6 +137,9 @@ def test_folders_are_checked_first_and_the_minimum_is_for_calibration_only(tmp_p
     summary = run_export(model, ExportOptions(output=output, fp16=True, val_images=val, slim=False, check=False))
     row = next(r for r in summary.rows if r.variant == "fp16")
     assert row.reference == "fp32 onnx" and row.agreement > 0.9
+    assert not any("n/a" in note for note in summary.notes)
+    blind = run_export(model, ExportOptions(output=output, fp16=True, slim=False, check=False))
+    assert "n/a | n/a" in parity_table(blind) and "add --val-images or --calib" in parity_table(blind)
 
 
 def test_engine_settings_sidecar_round_trip(tmp_path: Path) -> None:

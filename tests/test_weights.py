@@ -144,6 +144,24 @@ def test_pickled_objects_need_trust(b0, tmp_path) -> None:
     _same_outputs(b0, load_model(path, allow_pickle=True))
 
 
+def test_cli_converts_a_pickled_checkpoint_once_for_every_command(b0, tmp_path, capsys) -> None:
+    from peopleseg.cli import main
+
+    path = tmp_path / "trainer.ckpt"
+    torch.save({"state_dict": b0.state_dict(), "hyper_parameters": argparse.Namespace(lr=0.1)}, path)
+    out = tmp_path / "model.safetensors"
+    assert main(["convert", str(path), "-o", str(out)]) == 1
+    assert f"peopleseg convert {path} -o model.safetensors --allow-pickle" in capsys.readouterr().err
+    assert main(["convert", str(path), "-o", str(out), "--allow-pickle", "--mean", "127.5", "127.5", "127.5"]) == 1
+    assert "--mean and --std go together" in capsys.readouterr().err
+    argv = ["convert", str(path), "-o", str(out), "--allow-pickle", "--mean", *["127.5"] * 3, "--std", *["127.5"] * 3]
+    assert main(argv) == 0
+    assert "mean [127.5, 127.5, 127.5]" in capsys.readouterr().out
+    converted = load_model(out)
+    assert converted.info.mean == (127.5, 127.5, 127.5)
+    _same_outputs(b0, converted)
+
+
 def test_encrypted_tlt_is_named(tmp_path) -> None:
     path = tmp_path / "peoplesemsegformer.tlt"
     path.write_bytes(b"\x13\x37" + bytes(range(256)) * 8)

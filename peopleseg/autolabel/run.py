@@ -260,8 +260,18 @@ def read_manifest(path: Path) -> tuple[list[dict[str, Any]], int]:
     return records, complete
 
 
-def latest_samples(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The samples a manifest holds now: the last record per key wins, and a later `dropped` record removes one."""
+def latest_samples(
+    records: Sequence[dict[str, Any]] | str | os.PathLike[str],
+) -> dict[str, dict[str, Any]]:
+    """The samples a manifest holds now: the last record per key wins, and a later `dropped` record removes one.
+
+    `records` are the manifest's records (`read_manifest`), or the path of a manifest or of a labels folder."""
+    if isinstance(records, (str, os.PathLike)):
+        path = Path(records)
+        path = path / MANIFEST if path.is_dir() else path
+        if not path.is_file():
+            raise DataError(f"{path}: no such manifest")
+        records = read_manifest(path)[0]
     samples: dict[str, dict[str, Any]] = {}
     for record in records:
         if "key" in record:

@@ -74,7 +74,7 @@ class RvmTeacher:
             raise ModelError("RVM teacher: Node.js (`node`) is not on PATH; install Node 18 or newer")
         self.downsample_ratio = downsample_ratio
         self.max_side = max_side
-        self.name = f"rvm@{downsample_ratio:g}"
+        self.name = f"rvm@{downsample_ratio:g}" + (f",max_side={max_side}" if max_side != 1024 else "")
         self._process: subprocess.Popen[bytes] | None = None
         self._log: Any = None  # the worker's stderr, a temporary file
         self._reset_next = True

@@ -80,7 +80,7 @@ class TeacherSpec:
         if self.kind == "onnx":
             kwargs["backend"] = "onnxruntime"
         _no_more(text, options)
-        return SegmenterTeacher(self.arg, **kwargs)
+        return SegmenterTeacher(self.arg, kind=self.kind, **kwargs)
 
 
 def _number(text: str, value: str, key: str) -> float:

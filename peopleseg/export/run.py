@@ -124,6 +124,8 @@ def run_export(model: SegFormer, options: ExportOptions, report: Callable[[str],
             summary.rows.append(ParityRow(name, path, reference, found["max_abs_diff"], found["agreement"]))
         else:
             summary.rows.append(ParityRow(name, path, "fp32 onnx", float("nan"), float("nan")))
+    if variants and not images:
+        summary.notes.append("no images to compare the variants with fp32 on (n/a): add --val-images or --calib")
     if options.int8 and images and not options.val_images:
         summary.notes.append(
             "int8 agreement is measured on the calibration images themselves (optimistic); add --val-images"

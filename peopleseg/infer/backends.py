@@ -313,6 +313,11 @@ def make_backend(
     if precision == "int8":
         raise ConfigError("int8 runs in onnxruntime: use backend 'onnxruntime' (or 'auto') on a CPU")
     if backend == "tensorrt":  # it reads the engine's settings file, and asks for `info` when there is none
+        if suffix not in (".engine", ".plan"):
+            raise ConfigError(
+                f"the tensorrt backend runs a TensorRT engine (.engine or .plan), got '{model}': build one with "
+                "`peopleseg export MODEL -o model.onnx --tensorrt model.engine` on the GPU that will run it"
+            )
         return TensorRTBackend(model, info=info, device=device if device != "cpu" else "cuda")  # type: ignore[arg-type]
     network = model if isinstance(model, SegFormer) else load_model(model)
     torch_precision = "fp32" if precision == "auto" else precision

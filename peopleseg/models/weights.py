@@ -178,7 +178,8 @@ def _read_torch_checkpoint(path: Path, allow_pickle: bool) -> StateDict:
         if not allow_pickle and "weights_only" in str(exc):
             raise ModelError(
                 f"{path}: the checkpoint holds pickled Python objects besides tensors; "
-                "pass allow_pickle=True (CLI: --allow-pickle) only if you trust its source"
+                "only if you trust its source, pass allow_pickle=True, or convert it once to safetensors with "
+                f"`peopleseg convert {path} -o model.safetensors --allow-pickle`"
             ) from None
         raise ModelError(f"{path}: cannot read the checkpoint ({exc.__class__.__name__}: {str(exc)[:200]})") from None
     return unwrap_checkpoint(obj, str(path))
