@@ -70,6 +70,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from peopleseg.infer.segmenter import RANDOM_INIT_WARNING, Segmenter
 
     outputs = parse_outputs(args.output)
+    _writable_folder(Path(args.output_dir), "-o")  # before the model loads and any input is read
     inputs = expand_inputs(args.inputs)
     if len(inputs) == 1:
         _check_single_input(inputs[0])
@@ -85,6 +86,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             batch_size=args.batch,
             min_person_area=args.min_area,
             tta=args.tta,
+            max_pixels=args.max_pixels,
         )
     if segmenter.is_random_init:
         print(f"WARNING: {RANDOM_INIT_WARNING}.", file=sys.stderr)
@@ -401,6 +403,7 @@ def _cmd_autolabel_review(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from peopleseg import __version__
+    from peopleseg.infer.image_input import DEFAULT_MAX_PIXELS
 
     parser = argparse.ArgumentParser(
         prog="peopleseg", description="Find every person in images and video, pixel by pixel."
@@ -468,6 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     infer.add_argument("--batch", type=positive_int, default=4, help="frames per forward pass (default 4)")
     infer.add_argument("--tta", default="", help=TTA_HELP)
+    infer.add_argument(
+        "--max-pixels",
+        type=positive_int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"largest photo accepted, in pixels (default {DEFAULT_MAX_PIXELS:,}): a guard against decompression bombs",
+    )
     infer.add_argument(
         "--min-area",
         type=float,

@@ -11,7 +11,7 @@ from PIL import Image
 
 from peopleseg.cli import main
 
-COMMANDS = ["models", "infer", "export", "train", "evaluate", "benchmark", "serve", "autolabel"]
+COMMANDS = ["models", "convert", "infer", "export", "train", "evaluate", "benchmark", "serve", "autolabel"]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -81,6 +81,18 @@ def test_errors_are_one_line(args, message, data_dir, tmp_path) -> None:
     lines = [line for line in result.stderr.splitlines() if not line.startswith("WARNING")]
     assert len(lines) == 1, result.stderr
     assert message in lines[0] and "Traceback" not in result.stderr
+
+
+def test_an_output_folder_that_cannot_be_made_is_named_before_the_model_loads(
+    data_dir, tmp_path, monkeypatch, capsys
+) -> None:
+    import peopleseg.infer.segmenter as segmenter_module
+
+    monkeypatch.setattr(segmenter_module, "Segmenter", None)  # loading a model would fail loudly
+    taken = tmp_path / "out"
+    taken.write_text("a file")
+    assert main(["infer", str(data_dir / "messi5.jpg"), "-o", str(taken)]) == 1
+    assert capsys.readouterr().err.strip() == f"error: -o {taken}: is a file, not a folder"
 
 
 def test_bad_option_value_is_an_argparse_error() -> None:
