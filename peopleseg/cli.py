@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from peopleseg.argtypes import positive_int
+from peopleseg.argtypes import non_negative_float, positive_int
 from peopleseg.errors import PeoplesegError
 from peopleseg.resize_policy import CHOICES
 
@@ -68,12 +68,13 @@ def _cmd_infer(args: argparse.Namespace) -> int:
         segment_video,
     )
     from peopleseg.infer.segmenter import RANDOM_INIT_WARNING, Segmenter
+    from peopleseg.infer.sources import redact
 
     outputs = parse_outputs(args.output)
     _writable_folder(Path(args.output_dir), "-o")  # before the model loads and any input is read
-    inputs = expand_inputs(args.inputs)
+    inputs = expand_inputs(args.inputs, output_dir=args.output_dir)  # a run's outputs are not the next run's inputs
     if len(inputs) == 1:
-        _check_single_input(inputs[0])
+        _check_single_input(inputs[0], args.max_pixels)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # said once below, in the CLI's own words
         segmenter = Segmenter(
@@ -129,14 +130,14 @@ def _cmd_infer(args: argparse.Namespace) -> int:
             continue
         failed += summary.failed
         names = ", ".join(str(p) for p in summary.written) or "nothing written"
-        print(f"{spec}: {summary.frames} frames at {summary.fps:.1f} FPS -> {names}")
+        print(f"{redact(spec)}: {summary.frames} frames at {summary.fps:.1f} FPS -> {names}")
     if failed:
         print(f"error: {len(failed)} input(s) or frame(s) could not be read and were skipped", file=sys.stderr)
         return 1
     return 0
 
 
-def _check_single_input(spec: str) -> None:
+def _check_single_input(spec: str, max_pixels: int | None = None) -> None:
     """A single input that is not an image or a video is the command's error: say so before the model loads, which
     on a first run builds the fast graph for seconds. Only regular files are looked at (headers, nothing decoded):
     pipes can be read once, and streams and cameras are the pipeline's to open."""
@@ -149,7 +150,7 @@ def _check_single_input(spec: str) -> None:
     if is_video(spec):
         open_source(spec, reconnect=False).close()
     else:
-        decode_file(Path(spec), header_only=True)
+        decode_file(Path(spec), header_only=True, max_pixels=max_pixels)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -220,12 +221,14 @@ def _palette(args: argparse.Namespace) -> object:
 
 
 def _writable_folder(path: Path, flag: str) -> None:
-    """Make the results folder `path` now, or a one-line error naming it and its flag."""
-    if path.exists() and not path.is_dir():
-        raise PeoplesegError(f"{flag} {path}: is a file, not a folder")
+    """A one-line error naming `flag` unless the results folder `path` can be written (or made) there. Nothing is
+    created: a run that fails later leaves no empty folder behind."""
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        what = "is a file, not a folder" if existing == path.absolute() else f"{existing} is a file, not a folder"
+        raise PeoplesegError(f"{flag} {path}: {what}")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
         raise PeoplesegError(f"{flag} {path}: cannot write there ({exc.strerror or exc})") from None
@@ -475,11 +478,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-pixels",
         type=positive_int,
         default=DEFAULT_MAX_PIXELS,
-        help=f"largest photo accepted, in pixels (default {DEFAULT_MAX_PIXELS:,}): a guard against decompression bombs",
+        help=f"largest photo accepted, in pixels (default {DEFAULT_MAX_PIXELS:,}), read from its header before it is "
+        "decoded: a guard against decompression bombs",
     )
     infer.add_argument(
         "--min-area",
-        type=float,
+        type=non_negative_float,
         default=0.0005,
         help="smallest person region counted: pixels, or a fraction of the image if < 1",
     )

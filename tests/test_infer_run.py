@@ -3,6 +3,7 @@ mask sequences and per-frame JSONL; bad inputs are reported and skipped, never f
 
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 from peopleseg import Segmenter, build_model
 from peopleseg.cli import main
 from peopleseg.errors import ConfigError, DataError
-from peopleseg.infer.run import expand_inputs, parse_outputs, segment_images, segment_video, stream_stem
+from peopleseg.infer.run import expand_inputs, is_video, parse_outputs, segment_images, segment_video, stream_stem
 
 av = pytest.importorskip("av")
 from test_video import make_video, probe, thread_niceness  # noqa: E402
@@ -20,6 +21,12 @@ from test_video import make_video, probe, thread_niceness  # noqa: E402
 @pytest.fixture(scope="module")
 def segmenter() -> Segmenter:
     return Segmenter(build_model("segformer_b0", info=None), batch_size=4)
+
+
+def _png(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (32, 24), (120, 80, 40)).save(path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +89,94 @@ def test_stream_names() -> None:
     assert stream_stem("rtsp://cam1:554/live/main") == "rtsp_cam1_554_live_main"
     assert stream_stem("webcam:0") == "webcam_0"
     assert stream_stem("videos/walk.mp4") == "walk"
+    # A password in the URL must not end up in file names (or a user name: the names are seen by everyone).
+    assert stream_stem("http://admin:s3cret@10.0.0.5:8080/cam.mjpg") == "http_10_0_0_5_8080_cam_mjpg"
+    assert stream_stem("rtsp://user:p%40ss@cam1/live?channel=1") == "rtsp_cam1_live_channel_1"
+    assert stream_stem("rtsp://user@cam1") == "rtsp_cam1"
+
+
+def test_stream_passwords_stay_out_of_names_and_messages(segmenter, http_folder, tmp_path) -> None:
+    base, root = http_folder
+    clip = make_video(tmp_path / "cut.mp4", frames=20, size=(96, 64), noise=True)
+    (root / "cut.mp4").write_bytes(clip.read_bytes()[: int(clip.stat().st_size * 0.6)])  # reports frames missing
+    url = base.replace("http://", "http://admin:s3cret@") + "/cut.mp4"
+    messages: list[str] = []
+    summary = segment_video(
+        segmenter, url, tmp_path / "out", ["overlay", "json"], report=messages.append, progress=False
+    )
+    assert 0 < summary.frames < 20 and summary.failed and messages
+    names = [p.name for p in (tmp_path / "out").iterdir()]
+    assert names and all(name.startswith("http_127_0_0_1_") for name in names), names
+    text = " ".join([*names, *messages, *summary.failed])
+    assert "s3cret" not in text and "admin:***@" in text
+
+
+def test_globbed_folders_are_walked_and_outputs_are_not_inputs(tmp_path, monkeypatch) -> None:
+    photo = _png(tmp_path / "photos" / "p.png")
+    nested = _png(tmp_path / "photos" / "trip" / "q.png")
+    out = tmp_path / "photos" / "peopleseg_out"
+    for name in ("p_mask.png", "p_overlay.png"):  # what an earlier run left
+        _png(out / name)
+    (out / "walk_blur.mp4").write_bytes(b"a video")
+    assert expand_inputs([str(tmp_path / "photos")], output_dir=out) == [str(photo), str(nested)]
+    # A glob's folder match is walked, like a folder named as such (it used to be reported as a bad image).
+    assert expand_inputs([str(tmp_path / "photos" / "*")], output_dir=out) == [str(photo), str(nested)]
+    assert expand_inputs([str(tmp_path / "photos" / "**")], output_dir=out) == [str(photo), str(nested)]
+    monkeypatch.chdir(tmp_path / "photos")  # `cd photos && peopleseg infer .`, a second time
+    assert expand_inputs(["."], output_dir="peopleseg_out") == ["p.png", str(Path("trip") / "q.png")]
+    assert expand_inputs(["peopleseg_out/p_mask.png"], output_dir="peopleseg_out") == ["peopleseg_out/p_mask.png"]
+
+
+def test_gifs_are_images_and_animated_gifs_are_videos(segmenter, tmp_path) -> None:
+    still, animated = tmp_path / "in" / "still.gif", tmp_path / "in" / "moving.gif"
+    _png(still)
+    frames = [Image.new("RGB", (64, 48), (40 * i, 90, 200 - 40 * i)) for i in range(3)]
+    frames[0].save(animated, save_all=True, append_images=frames[1:], duration=100)
+    inputs = expand_inputs([str(tmp_path / "in")])
+    assert inputs == [str(animated), str(still)]  # GIFs were skipped in folders
+    assert is_video(str(animated)) and not is_video(str(still))
+    out = tmp_path / "out"
+    code = main(["infer", str(tmp_path / "in"), "-o", str(out), "--output", "mask,json", "-m", "segformer_b0", "-q"])
+    assert code == 0
+    assert (out / "still_mask.png").exists()
+    assert sorted(p.name for p in (out / "moving_masks").iterdir()) == ["000000.png", "000001.png", "000002.png"]
+    assert len((out / "moving.jsonl").read_text().splitlines()) == 3
+    messages: list[str] = []  # an animated GIF given to segment_images: its first frame, and a notice
+    summary = segment_images(segmenter, [str(animated)], tmp_path / "one", ["mask"], report=messages.append)
+    assert summary.images == 1 and len(messages) == 1 and "moving.gif" in messages[0] and "first frame" in messages[0]
+
+
+def test_a_bad_option_is_not_blamed_on_the_images(segmenter, data_dir, tmp_path, monkeypatch) -> None:
+    def bad_option(*args, **kwargs):
+        raise ConfigError("min_area must be pixels or a fraction of the image >= 0, got -1")
+
+    monkeypatch.setattr(segmenter, "segment", bad_option)
+    photos = [str(data_dir / "messi5.jpg"), str(data_dir / "grace_hopper.jpg")]
+    with pytest.raises(ConfigError, match="min_area"):  # once, not "skipped" for every image
+        segment_images(segmenter, photos, tmp_path, ["mask"], report=pytest.fail, progress=False)
+
+
+def test_cli_bad_min_area_is_one_error(data_dir, tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exited:  # argparse names the flag, before anything loads
+        main(["infer", str(data_dir), "-o", str(tmp_path), "-m", "segformer_b0", "--min-area", "-1", "-q"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "argument --min-area: must be a number >= 0, got -1" in err
+    assert "skipped" not in err
+
+
+def test_an_output_that_cannot_be_written_skips_that_photo(segmenter, data_dir, tmp_path, capsys) -> None:
+    photos = [str(data_dir / "messi5.jpg"), str(data_dir / "grace_hopper.jpg")]
+    out = tmp_path / "out"
+    (out / "messi5_mask.png").mkdir(parents=True)  # in the way: the OS refuses to write the mask there
+    messages: list[str] = []
+    summary = segment_images(segmenter, photos, out, ["mask"], report=messages.append)
+    assert summary.images == 1 and summary.failed == [photos[0]]
+    assert (out / "grace_hopper_mask.png").is_file()
+    assert len(messages) == 1 and messages[0].startswith(f"skipped {photos[0]}: cannot write {out / 'messi5_mask.png'}")
+    assert "directory" in messages[0]
+    assert capsys.readouterr().out == ""  # the progress bar is on stderr: stdout holds results only
+    with pytest.raises(OSError):
+        segment_images(segmenter, photos[:1], out, ["mask"], skip_bad=False, progress=False)
 
 
 def test_video_blur_keeps_audio_and_counts_people(segmenter, talking_clip, tmp_path) -> None:
@@ -172,6 +267,19 @@ def test_video_without_a_readable_frame_writes_no_video(tmp_path, capsys) -> Non
     (out / "cut_masks").mkdir()  # a folder that was there before is the user's: it stays
     main(["infer", str(clip), "-o", str(out), "--output", "mask", "-m", "segformer_b0", "-q"])
     assert (out / "cut_masks").is_dir()
+
+
+def test_cli_video_without_a_frame_count_cut_short_is_reported(tmp_path, capsys) -> None:
+    # Matroska keeps no frame count: a cut file used to end quietly, with exit code 0.
+    clip = make_video(tmp_path / "cut.mkv", frames=40, size=(96, 64), noise=True)
+    clip.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    code = main(["infer", str(clip), "-o", str(tmp_path / "out"), "--output", "json", "-m", "segformer_b0", "-q"])
+    err = capsys.readouterr().err
+    assert code == 1 and "ends early" in err and "Traceback" not in err
+    empty = tmp_path / "empty.mkv"
+    empty.write_bytes(clip.read_bytes()[:1500])  # a header and no frame
+    code = main(["infer", str(empty), "-o", str(tmp_path / "out"), "--output", "json", "-m", "segformer_b0", "-q"])
+    assert code == 1 and "no frame decodes" in capsys.readouterr().err
 
 
 def test_cli_bad_video_path_and_options(tmp_path) -> None:

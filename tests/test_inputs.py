@@ -87,3 +87,48 @@ def test_sixteen_bit_png_file(tmp_path) -> None:
 def test_unsupported_type() -> None:
     with pytest.raises(DataError, match="got bytes"):
         to_rgb(io.BytesIO(b"x").getvalue())  # type: ignore[arg-type]
+
+
+def test_float_tiff_in_0_to_1_is_scaled(tmp_path) -> None:
+    ramp = np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)
+    Image.fromarray(ramp, mode="F").save(tmp_path / "unit.tif")
+    image = read_image(tmp_path / "unit.tif")
+    assert image[0, 0, 0] == 0 and image[2, 3, 0] == 255  # not black: 0..1 is scaled as float arrays are
+    np.testing.assert_array_equal(image, to_rgb(ramp))  # and exactly as a float array of 0..1 is
+    Image.fromarray(ramp * 200, mode="F").save(tmp_path / "levels.tif")
+    assert read_image(tmp_path / "levels.tif")[2, 3, 0] == 200  # values above 1 are 0..255 levels, as before
+
+
+def test_file_over_the_pixel_limit_is_named_and_refused_before_decoding(tmp_path) -> None:
+    path = tmp_path / "wide.png"
+    Image.fromarray(_gradient(20, 30)).save(path)
+    path.write_bytes(path.read_bytes()[:60])  # the header only: decoding would fail, the size check must not
+    with pytest.raises(DataError) as info:
+        to_rgb(path, max_pixels=100)
+    message = str(info.value)
+    assert message.startswith(f"{path}: 30x20 is over the limit of 100 pixels")
+    assert "max_pixels=" in message and "--max-pixels" in message and "\n" not in message
+    with pytest.raises(DataError, match=r"corrupt or truncated"):
+        to_rgb(path)  # within the limit, the damage is found
+    with pytest.raises(DataError, match=r"^array: 30x20 is over the limit of 100 pixels .*--max-pixels"):
+        to_rgb(_gradient(20, 30), max_pixels=100)
+
+
+def test_image_over_pillows_bomb_limit_is_over_the_limit_not_corrupt(tmp_path) -> None:
+    import struct
+    import zlib
+
+    # A PNG whose header claims 20000x10000 pixels: Pillow refuses it on opening, as a decompression bomb.
+    buffer = io.BytesIO()
+    Image.fromarray(_gradient(1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    header = b"IHDR" + struct.pack(">II", 20000, 10000) + bytes(data[24:29])
+    data[12:29] = header
+    data[29:33] = struct.pack(">I", zlib.crc32(header))
+    path = tmp_path / "huge.png"
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError) as info:
+        read_image(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: 200000000 pixels is over the limit of 178956970 pixels"), message
+    assert "corrupt" not in message

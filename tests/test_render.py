@@ -12,6 +12,7 @@ from peopleseg.infer.render import (
     cutout,
     default_palette,
     overlay,
+    person_alpha,
     pixelate_people,
 )
 
@@ -59,9 +60,9 @@ def test_overlay_probability_blends_in_proportion() -> None:
     image, mask = _image(), _disk_mask()
     proba = _soft(mask)
     out = overlay(image, proba, alpha=0.8, outline=False)
-    zero = proba == 0
+    zero = proba <= 0.35
     np.testing.assert_array_equal(out[zero], image[zero])
-    weight = 0.8 * proba[..., None]
+    weight = 0.8 * person_alpha(proba)[..., None]
     expected = image.astype(np.float32) * (1 - weight) + np.float32(PERSON_COLOR) * weight
     assert np.abs(out.astype(np.float32) - expected).max() <= 1.0
     assert np.any((proba > 0.2) & (proba < 0.8))  # the test really has soft edges
@@ -77,15 +78,38 @@ def test_overlay_label_mask_tints_only_label_one() -> None:
     assert np.any(out[labels == 1] != image[labels == 1])
 
 
-def test_cutout_alpha_is_rounded_probability() -> None:
+def test_cutout_alpha_is_the_rounded_person_alpha() -> None:
     image = _image()
     proba = np.random.default_rng(1).random((60, 80), dtype=np.float32)
     out = cutout(image, proba)
     assert out.shape == (60, 80, 4) and out.dtype == np.uint8
     np.testing.assert_array_equal(out[..., :3], image)
-    np.testing.assert_array_equal(out[..., 3], np.rint(proba * 255).astype(np.uint8))
+    np.testing.assert_array_equal(out[..., 3], np.rint(person_alpha(proba) * 255).astype(np.uint8))
     hard = cutout(image, _disk_mask().astype(bool))
     np.testing.assert_array_equal(hard[..., 3], _disk_mask() * 255)
+
+
+def test_person_alpha_ramps_around_the_decision() -> None:
+    proba = np.array([0.0, 0.2, 0.35, 0.425, 0.5, 0.575, 0.65, 0.8, 1.0], np.float32)
+    expected = [0, 0, 0, 0.25, 0.5, 0.75, 1, 1, 1]
+    np.testing.assert_allclose(person_alpha(proba), expected, atol=1e-6)
+    assert person_alpha(proba).dtype == np.float32
+
+
+def test_a_confident_person_is_opaque_and_sharp() -> None:
+    # Inside people the model is often only 0.6-0.9 sure: that must still be a whole person, not a translucent one.
+    image, mask = _image(120, 160), _disk_mask(120, 160, 35)
+    person = mask == 1
+    proba = np.where(person, np.float32(0.8), np.float32(0.2))
+    blurred = blur_background(image, proba)
+    np.testing.assert_array_equal(blurred[person], image[person])  # the person untouched
+    far = cv2.dilate(mask, np.ones((5, 5), np.uint8)) == 0  # beyond a hard mask's 1 px feather
+    assert np.abs(blurred[far].astype(int) - blur_background(image, mask)[far]).max() <= 1  # the background blurred
+    alpha = cutout(image, proba)[..., 3]
+    assert np.all(alpha[person] == 255) and np.all(alpha[~person] == 0)
+    unsure = np.full(mask.shape, 0.2, np.float32)  # below the ramp: all background
+    assert not cutout(image, unsure)[..., 3].any()
+    np.testing.assert_array_equal(blur_background(image, unsure), blur_background(image, np.zeros_like(mask)))
 
 
 def test_blur_background_keeps_people_sharp_and_blurs_the_rest() -> None:

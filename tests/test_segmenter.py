@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from peopleseg import DataError, Segmenter, build_model
+from peopleseg import ConfigError, DataError, Segmenter, build_model
 from peopleseg.models import ModelInfo
 from peopleseg.models.info import HALF_MEAN, HALF_STD
 
@@ -78,6 +78,23 @@ def test_bad_files(segmenter, tmp_path) -> None:
     text.write_text("hello")
     with pytest.raises(DataError, match=r"notes\.png: not an image"):
         segmenter.predict(text)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"min_person_area": -1.0}, "min_person_area must be"),
+        ({"min_person_area": float("nan")}, "min_person_area must be"),
+        ({"min_person_area": "10"}, "min_person_area must be"),
+        ({"max_pixels": 0}, "max_pixels must be"),
+        ({"max_pixels": 1.5}, "max_pixels must be"),
+    ],
+)
+def test_bad_options_are_refused_before_the_model_loads(options, message) -> None:
+    # Before: a negative min_person_area failed inside every image's segmentation, reported as that image's fault.
+    with pytest.raises(ConfigError, match=message) as info:
+        Segmenter("no-such-model-is-loaded", **options)
+    assert "\n" not in str(info.value)
 
 
 def test_truncated_jpeg_is_an_error(segmenter, data_dir, tmp_path) -> None:

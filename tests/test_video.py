@@ -204,6 +204,71 @@ def test_corrupt_frame_in_the_middle_is_skipped(tmp_path: Path) -> None:
     assert 0 < index < 30 and reason
 
 
+def make_rotated_video(path: Path, rotation: int, frames: int = 5) -> Path:
+    """A 64x48 video, red on the left and blue on the right, tagged to be shown turned by `rotation` degrees
+    counter-clockwise (-90: clockwise, as a phone held upright records it)."""
+    if not hasattr(av.video.stream.VideoStream, "set_display_rotation"):
+        pytest.skip("this PyAV cannot write a display rotation")
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=FPS)
+        video.width, video.height, video.pix_fmt = W, H, "yuv420p"
+        video.set_display_rotation(rotation)
+        image = np.zeros((H, W, 3), np.uint8)
+        image[:, : W // 2] = (255, 0, 0)
+        image[:, W // 2 :] = (0, 0, 255)
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv"])
+def test_rotated_video_frames_come_upright(tmp_path: Path, suffix: str) -> None:
+    # Turned clockwise for display, the left (red) half is the top: the frames and the size are the turned ones.
+    with open_source(str(make_rotated_video(tmp_path / f"phone{suffix}", -90))) as source:
+        assert (source.width, source.height) == (H, W)
+        frames = list(source)
+    assert len(frames) == 5 and all(f.image.shape == (W, H, 3) for f in frames)
+    image = frames[0].image.astype(int)
+    assert np.abs(image[: W // 2 - 4] - (255, 0, 0)).max() < 40 and np.abs(image[W // 2 + 4 :] - (0, 0, 255)).max() < 40
+    with open_source(str(make_rotated_video(tmp_path / f"counter{suffix}", 90))) as source:
+        image = next(iter(source)).image.astype(int)  # counter-clockwise: the left half is the bottom
+    assert source.height == W and np.abs(image[W // 2 + 4 :] - (255, 0, 0)).max() < 40
+    with open_source(str(make_rotated_video(tmp_path / f"flipped{suffix}", 180))) as source:
+        image = next(iter(source)).image.astype(int)  # upside down: the left half is the right
+    assert (source.width, source.height) == (W, H) and np.abs(image[:, W // 2 + 4 :] - (255, 0, 0)).max() < 40
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".webm"])
+def test_truncated_matroska_reports_its_missing_end(tmp_path: Path, suffix: str) -> None:
+    # Matroska and WebM keep no frame count, only a duration: the last frame falling short of it is the sign.
+    codec = "libvpx-vp9" if suffix == ".webm" else "libx264"
+    data = make_video(tmp_path / f"full{suffix}", 40, noise=True, codec=codec).read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: len(data) // 2])
+    skipped: list[tuple[int, str]] = []
+    with open_source(str(cut), on_skip=lambda i, why: skipped.append((i, why))) as source:
+        frames = list(source)
+    assert 5 <= len(frames) < 40
+    assert (
+        skipped == [(len(frames), skipped[-1][1])] and "ends early" in skipped[-1][1] and "of 4.0 s" in skipped[-1][1]
+    )
+    with open_source(str(tmp_path / f"full{suffix}"), on_skip=lambda i, why: skipped.append((i, why))) as source:
+        assert len(list(source)) == 40 and len(skipped) == 1  # a whole file reports nothing
+
+
+def test_video_that_decodes_no_frame_is_reported(tmp_path: Path) -> None:
+    data = make_video(tmp_path / "full.mkv", 40, noise=True).read_bytes()
+    cut = tmp_path / "head.mkv"
+    cut.write_bytes(data[:1500])  # the header survives, no frame does
+    skipped: list[tuple[int, str]] = []
+    with open_source(str(cut), on_skip=lambda i, why: skipped.append((i, why))) as source:
+        assert list(source) == []
+    assert len(skipped) == 1 and skipped[0][0] == 0 and "no frame decodes" in skipped[0][1]
+
+
 # -- sources: lavfi, webcam, streams ---------------------------------------------------------------------------------
 
 

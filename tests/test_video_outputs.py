@@ -14,7 +14,7 @@ from PIL import Image
 
 av = pytest.importorskip("av")
 
-from test_video import FPS, H, W, make_video, probe  # noqa: E402
+from test_video import FPS, H, W, make_rotated_video, make_video, probe  # noqa: E402
 
 from peopleseg import Segmenter, build_model  # noqa: E402
 from peopleseg.infer.run import output_stems, segment_images, segment_video  # noqa: E402
@@ -164,6 +164,20 @@ def test_size_change_mid_stream_is_letterboxed(segmenter: Segmenter, tmp_path: P
     assert info["frames"] == summary.frames >= 12 and info["size"] == (64, 48)
     sizes = {Image.open(p).size for p in (out / "joined_masks").glob("*.png")}
     assert sizes == {(64, 48), (96, 64)}  # mask frames keep each frame's own size
+
+
+def test_rotated_phone_video_comes_out_upright(segmenter: Segmenter, tmp_path: Path) -> None:
+    # A phone's portrait video: landscape frames and a "turn clockwise" tag. Outputs must be upright, as photos are.
+    clip = make_rotated_video(tmp_path / "phone.mp4", -90)
+    messages: list[str] = []
+    out = tmp_path / "out"
+    summary = segment_video(segmenter, str(clip), out, ["overlay", "mask"], report=messages.append, progress=False)
+    assert summary.frames == 5 and not summary.failed and not messages  # nothing letterboxed
+    info = probe(out / "phone_overlay.mp4")
+    assert info["size"] == (H, W)  # portrait
+    first = info["first"].astype(int)
+    assert first[: W // 2 - 8, :, 0].mean() > first[: W // 2 - 8, :, 2].mean()  # the red half on top
+    assert {Image.open(p).size for p in (out / "phone_masks").glob("*.png")} == {(H, W)}
 
 
 # -- 5. colour tags -------------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from peopleseg.data.image_io import pil_to_rgb, read_image
+from peopleseg.data.image_io import pil_to_rgb, pixel_limit_error, read_image
 from peopleseg.errors import ConfigError, DataError
 
 ImageLike = np.ndarray | Image.Image | str | os.PathLike
@@ -20,11 +20,12 @@ DEFAULT_MAX_PIXELS = 8192 * 8192
 
 
 def to_rgb(image: ImageLike, color: ColorOrder = "rgb", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """RGB uint8 [H, W, 3]. `color` states the channel order of numpy input ("bgr" for OpenCV frames)."""
+    """RGB uint8 [H, W, 3]. `color` states the channel order of numpy input ("bgr" for OpenCV frames). An image of
+    more than `max_pixels` pixels is an error; a file's size is checked from its header, before it is decoded."""
     if color not in ("rgb", "bgr"):
         raise ConfigError(f"color must be 'rgb' or 'bgr', got '{color}'")
     if isinstance(image, (str, Path, os.PathLike)):
-        array = read_image(image)
+        array = read_image(image, max_pixels=max_pixels)
         name = str(image)
     elif isinstance(image, Image.Image):
         array = pil_to_rgb(image)
@@ -38,7 +39,7 @@ def to_rgb(image: ImageLike, color: ColorOrder = "rgb", max_pixels: int = DEFAUL
     if height < 1 or width < 1:
         raise DataError(f"{name}: empty image of shape {list(array.shape)}")
     if height * width > max_pixels:
-        raise DataError(f"{name}: {width}x{height} is over the limit of {max_pixels} pixels (raise max_pixels)")
+        raise pixel_limit_error(name, f"{width}x{height}", max_pixels)
     return array
 
 

@@ -4,8 +4,9 @@ Every function takes an RGB uint8 image [H, W, 3] of any size (1x1 included) and
 - a bool mask [H, W] (True = person);
 - an integer label mask [H, W] (0 background, 1 person; other labels count as not-person, so pass `mask == k` for a
   person class with another id);
-- a float person-probability map [H, W] in 0..1. The soft renderers (overlay, cutout, blur_background) use it as a
-  per-pixel weight, so edges stay soft; the hard ones (outline, pixelate_people) threshold it at 0.5.
+- a float person-probability map [H, W] in 0..1. The soft renderers (overlay, cutout, blur_background) turn it into a
+  per-pixel weight with `person_alpha`, so edges stay soft and confident people are fully opaque; the hard ones
+  (outline, pixelate_people) threshold it at 0.5.
 
 Each returns a new array and never modifies its inputs. They run once per video frame, so they are built on OpenCV's
 SIMD primitives (LUT, copyTo, blendLinear, stackBlur, INTER_AREA resizes), work only inside the people's bounding box
@@ -26,6 +27,18 @@ PERSON_COLOR = (255, 40, 40)
 # Float rounding in resizes and blurs can push a probability map a hair outside 0..1; that much is clipped, not refused.
 PROBA_SLACK = 1e-3
 INVISIBLE_BELOW = 1 / 512
+# The probability-to-alpha ramp around the 0.5 decision: a model's probability inside a person is often only 0.6-0.9,
+# which used as alpha left people half-blurred and cut-outs see-through. Below the ramp is background, above it person.
+ALPHA_RAMP = (0.35, 0.65)
+
+
+def person_alpha(proba: np.ndarray) -> np.ndarray:
+    """A person probability map [H, W] in 0..1 as compositing alpha, float32: 0 at p <= 0.35, 1 at p >= 0.65 and
+    linear between, so soft edges stay soft while people's interiors are opaque. A new array."""
+    low, high = ALPHA_RAMP
+    alpha = np.subtract(proba, np.float32(low), dtype=np.float32)
+    alpha *= np.float32(1 / (high - low))
+    return np.clip(alpha, 0, 1, out=alpha)
 
 
 def overlay(
@@ -35,17 +48,18 @@ def overlay(
     alpha: float = 0.5,
     outline: bool = True,
 ) -> np.ndarray:
-    """Tint the people: each pixel moves `alpha * p` of the way towards `color` (p = 1 on a mask, the probability on a
-    probability map). Background pixels (p = 0) keep their exact values. `outline` draws a thin line of `color` along
-    the inside of each person's edge (2 px at 1080p, 1 px below 810 lines), so it never covers background either."""
+    """Tint the people: each pixel moves `alpha * w` of the way towards `color` (w = 1 on a mask, `person_alpha` of the
+    probability on a probability map). Background pixels (w = 0) keep their exact values. `outline` draws a thin line
+    of `color` along the inside of each person's edge (2 px at 1080p, 1 px below 810 lines), so it never covers
+    background either."""
     _check_image(image)
     rgb = _check_color(color, "color")
     alpha = _check_fraction(alpha, "alpha")
-    mask, proba = _as_person(person, image.shape[:2])
+    mask, soft = _as_person(person, image.shape[:2])
     out = image.copy()
     width = _outline_width(image.shape[:2])
     # Work only on the people's bounding box (plus room for the outline's erosion): the rest stays a copy.
-    box = _box(mask if proba is None else _visible(proba), margin=width)
+    box = _box(mask if soft is None else _visible(soft), margin=width)
     if box is None:
         return out
     crop, mask = image[box], mask[box]
@@ -53,10 +67,10 @@ def overlay(
     levels = np.arange(256, dtype=np.float32)[:, None]
     table = np.rint(levels * (1 - alpha) + np.asarray(rgb, dtype=np.float32) * alpha).astype(np.uint8)
     tinted = cv2.LUT(crop, table.reshape(256, 1, 3))
-    if proba is None:
+    if soft is None:
         cv2.copyTo(tinted, mask, out[box])
     else:
-        weight = proba[box]
+        weight = soft[box]
         out[box] = cv2.blendLinear(crop, tinted, 1 - weight, weight)
     if outline:
         # The inner border: person pixels within `width` of a non-person pixel. The frame's edge is not a person's
@@ -67,12 +81,11 @@ def overlay(
 
 
 def cutout(image: np.ndarray, person: np.ndarray) -> np.ndarray:
-    """RGBA uint8 [H, W, 4]: the image with alpha 255 on the people and 0 elsewhere (round(255 * p) for a probability
-    map, so soft edges survive). Save it as PNG; JPEG has no alpha."""
+    """RGBA uint8 [H, W, 4]: the image with alpha 255 on the people and 0 elsewhere (round(255 * `person_alpha(p)`)
+    for a probability map, so soft edges survive). Save it as PNG; JPEG has no alpha."""
     _check_image(image)
-    mask, proba = _as_person(person, image.shape[:2])
-    # round(255 * p) for a probability map
-    alpha = mask * np.uint8(255) if proba is None else cv2.convertScaleAbs(proba, alpha=255.0)
+    mask, soft = _as_person(person, image.shape[:2])
+    alpha = mask * np.uint8(255) if soft is None else cv2.convertScaleAbs(soft, alpha=255.0)
     out = cv2.cvtColor(image, cv2.COLOR_RGB2RGBA)
     out[..., 3] = alpha
     return out
@@ -84,14 +97,14 @@ def blur_background(image: np.ndarray, person: np.ndarray, radius: float | None 
     `radius` is how far, in pixels, background colours are smeared (the blur kernel's half-width). None means 2% of
     the image's shorter side: about 22 px at 1080p, 14 px at 720p. 0 returns a copy of the image.
 
-    The people are composited with a soft alpha: the probability map as is, or a hard mask feathered by 1 px per 540
-    lines (min 1), so edges do not look cut out with scissors. Pixels further than that inside a mask keep their exact
-    values. The blur is weighted by the background alpha (a normalised convolution), so people's colours do not bleed
-    into the blurred background as a halo around them. It runs at a reduced resolution when the radius is large, which
-    a blur this strong cannot show.
+    The people are composited with a soft alpha: `person_alpha` of a probability map, or a hard mask feathered by 1 px
+    per 540 lines (min 1), so edges do not look cut out with scissors. Pixels further than that inside a mask, or of
+    probability >= 0.65, keep their exact values. The blur is weighted by the background alpha (a normalised
+    convolution), so people's colours do not bleed into the blurred background as a halo around them. It runs at a
+    reduced resolution when the radius is large, which a blur this strong cannot show.
     """
     _check_image(image)
-    mask, proba = _as_person(person, image.shape[:2])
+    mask, soft = _as_person(person, image.shape[:2])
     height, width = image.shape[:2]
     if radius is None:
         radius = 0.02 * min(height, width)
@@ -104,13 +117,13 @@ def blur_background(image: np.ndarray, person: np.ndarray, radius: float | None 
     scale = max(1, int(radius // 4))
     small_size = (max(1, round(width / scale)), max(1, round(height / scale)))
     kernel = 2 * max(1, round(radius / scale)) + 1
-    if proba is None:
+    if soft is None:
         feather = max(1, round(min(height, width) / 540))
         box = _box(mask, margin=feather + 1)  # the +1 keeps a zero border for the feathering blur's reflection
         cover = cv2.resize(mask * np.uint8(255), small_size, interpolation=cv2.INTER_AREA).astype(np.float32) / 255
     else:
-        box = _box(_visible(proba))
-        cover = cv2.resize(proba, small_size, interpolation=cv2.INTER_AREA)
+        box = _box(_visible(soft))
+        cover = cv2.resize(soft, small_size, interpolation=cv2.INTER_AREA)
     # Weight each pixel by how much it is background; the floor keeps the ratio defined inside large people, where
     # it is hidden anyway.
     weight = np.float32(1 + 1e-3) - cover
@@ -121,12 +134,12 @@ def blur_background(image: np.ndarray, person: np.ndarray, radius: float | None 
     if box is None:
         return background
     # Composite only on the people's bounding box; elsewhere the blurred background is the answer.
-    if proba is None:
+    if soft is None:
         size = 2 * feather + 1
         alpha8 = cv2.GaussianBlur(mask[box] * np.uint8(255), (size, size), 0)
         alpha = alpha8.astype(np.float32) / np.float32(255)  # a division, so 255 maps to exactly 1: interior untouched
     else:
-        alpha = proba[box]
+        alpha = soft[box]
     background[box] = cv2.blendLinear(image[box], background[box], alpha, 1 - alpha)
     return background
 
@@ -203,7 +216,7 @@ def default_palette() -> np.ndarray:
 
 
 def _as_person(person: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray | None]:
-    """(uint8 0/1 mask, None) for a bool or label mask; (uint8 mask of p >= 0.5, float32 probabilities) for a map."""
+    """(uint8 0/1 mask, None) for a bool or label mask; (uint8 mask of p >= 0.5, float32 `person_alpha`) for a map."""
     if not isinstance(person, np.ndarray):
         raise DataError(f"expected the people as a numpy mask or probability map, got {type(person).__name__}")
     if person.shape != tuple(shape):
@@ -220,7 +233,7 @@ def _as_person(person: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, 
             raise DataError(f"person probabilities must lie in 0..1, got values from {low:g} to {high:g}")
         if low < 0 or high > 1:  # rounding from a resize or blur: clip rather than fail
             proba = np.clip(proba, 0, 1)
-        return (proba >= 0.5).view(np.uint8), proba
+        return (proba >= 0.5).view(np.uint8), person_alpha(proba)
     raise DataError(f"expected a bool/integer mask or float probability map, got {person.dtype}")
 
 

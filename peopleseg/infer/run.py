@@ -25,7 +25,7 @@ import numpy as np
 
 from peopleseg.atomic import atomic_open
 from peopleseg.data.image_io import IMAGE_SUFFIXES, read_image, write_image
-from peopleseg.errors import ConfigError, DataError, PeoplesegError
+from peopleseg.errors import ConfigError, DataError
 from peopleseg.infer.segmenter import SegmentationResult, Segmenter
 
 OUTPUTS = ("mask", "overlay", "cutout", "blur", "pixelate-people", "json")
@@ -64,24 +64,41 @@ def parse_outputs(text: str | Sequence[str]) -> list[str]:
     return outputs
 
 
-def expand_inputs(items: Sequence[str]) -> list[str]:
-    """Files, folders (recursive), globs, video files and stream specs, in a stable order."""
+def expand_inputs(items: Sequence[str], output_dir: str | os.PathLike[str] | None = None) -> list[str]:
+    """Files, folders (recursive), globs, video files and stream specs, in a stable order. Each of a glob's matches
+    is taken as if it was named: a file as it is, a folder walked. Nothing inside `output_dir`, the run's output
+    folder, is found by walking a folder or by a glob (only a file named as such is taken), so a second run does not
+    read the first one's outputs back in as inputs."""
+    skip = Path(output_dir).resolve() if output_dir is not None else None
+    media = set(IMAGE_SUFFIXES) | VIDEO_SUFFIXES
+
+    def is_output(path: Path) -> bool:
+        if skip is None:
+            return False
+        resolved = path.resolve()
+        return resolved == skip or skip in resolved.parents
+
+    def take(path: Path, item: str) -> list[str]:
+        if path.is_dir():
+            walked = sorted(path.rglob("*"))
+            return [str(p) for p in walked if p.is_file() and p.suffix.lower() in media and not is_output(p)]
+        return [item]
+
     found: list[str] = []
     for item in items:
         if item.startswith(STREAM_PREFIXES):
             found.append(item)
             continue
         path = Path(item)
-        if path.is_dir():
-            media = set(IMAGE_SUFFIXES) | VIDEO_SUFFIXES
-            found += [str(p) for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in media]
-        elif path.exists():
-            found.append(item)
+        if path.exists():
+            found += take(path, item)
         elif glob.has_magic(item):
-            matches = sorted(glob.glob(item, recursive=True))
+            matches = [match for match in sorted(glob.glob(item, recursive=True)) if not is_output(Path(match))]
             if not matches:
                 raise DataError(f"{item}: the pattern matches no files")
-            found += matches
+            # `**` matches a folder and the files in it: each file is taken once.
+            expanded = [spec for match in matches for spec in take(Path(match), match)]
+            found += list(dict.fromkeys(expanded))
         else:
             raise DataError(f"{item}: no such file or folder")
     if not found:
@@ -90,7 +107,22 @@ def expand_inputs(items: Sequence[str]) -> list[str]:
 
 
 def is_video(spec: str) -> bool:
-    return spec.startswith(STREAM_PREFIXES) or Path(spec).suffix.lower() in VIDEO_SUFFIXES
+    """A video file, a stream spec, or an animated GIF (segmented frame by frame, as a video)."""
+    if spec.startswith(STREAM_PREFIXES):
+        return True
+    suffix = Path(spec).suffix.lower()
+    return suffix in VIDEO_SUFFIXES or (suffix == ".gif" and is_animated(spec))
+
+
+def is_animated(path: str | os.PathLike[str]) -> bool:
+    """Whether an image file holds more than one frame (read from its header and frame markers, not decoded)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return bool(getattr(image, "is_animated", False))
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):  # unreadable: reading it will say so
+        return False
 
 
 def output_stems(specs: Sequence[str]) -> dict[str, Path]:
@@ -181,9 +213,14 @@ def segment_images(
     skip_bad: bool = True,
     stems: Mapping[str, str | os.PathLike[str]] | None = None,
 ) -> InferSummary:
-    """Segment image files into `out_dir`. A file that cannot be read is reported and skipped (or, without
-    `skip_bad`, raised). `stems` names each path's outputs (relative to `out_dir`); by default `output_stems(paths)`,
-    so inputs that share a file name do not overwrite each other's outputs."""
+    """Segment image files into `out_dir`. A file that cannot be read, or whose outputs cannot be written, is
+    reported and skipped (or, without `skip_bad`, raised). `stems` names each path's outputs (relative to `out_dir`);
+    by default `output_stems(paths)`, so inputs that share a file name do not overwrite each other's outputs. Images
+    over the segmenter's `max_pixels` are refused from their header. Of an animated GIF only the first frame is
+    segmented here, with a notice: `segment_video` reads every frame (`is_video` sends animated GIFs there)."""
+    import time
+
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     out_dir = Path(out_dir)
@@ -197,24 +234,33 @@ def segment_images(
         TimeElapsedColumn(),
         TextColumn("{task.fields[rate]}"),
     ]
-    with Progress(*columns, disable=not progress or len(paths) < 2, transient=True) as bar:
+    console = Console(stderr=True)  # stdout is for results: a bar there leaves a blank line in it
+    with Progress(*columns, console=console, disable=not progress or len(paths) < 2, transient=True) as bar:
         task = bar.add_task("images", total=len(paths), rate="")
-        import time
-
         start = time.perf_counter()
         for path in paths:
             try:
-                image = read_image(path)
+                image = read_image(path, max_pixels=segmenter.max_pixels)
                 result = segmenter.segment(image)
-            except PeoplesegError as exc:
+            except DataError as exc:  # a bad file; a bad option (ConfigError) is every image's problem: raised
                 if not skip_bad:
                     raise
                 summary.failed.append(str(path))
                 report(f"skipped {exc}")
                 bar.advance(task)
                 continue
+            if Path(path).suffix.lower() == ".gif" and is_animated(path):
+                report(f"{path}: an animated GIF; only its first frame is segmented here")
             stem = names.get(path) or Path(Path(path).stem)
-            summary.written += _write_image_outputs(Path(path), image, result, out_dir, outputs, stem)
+            try:
+                summary.written += _write_image_outputs(Path(path), image, result, out_dir, outputs, stem)
+            except OSError as exc:  # a full disk, a read-only folder, a name the file system refuses
+                if not skip_bad:
+                    raise
+                summary.failed.append(str(path))
+                report(f"skipped {path}: cannot write {exc.filename} ({exc.strerror})")
+                bar.advance(task)
+                continue
             summary.records.append((str(path), result.to_dict()))
             summary.images += 1
             elapsed = time.perf_counter() - start
@@ -231,20 +277,32 @@ def _write_image_outputs(
     for kind in outputs:
         if kind == "json":
             target = _output_path(out_dir, stem, ".json")
-            with atomic_open(target) as stream:
-                json.dump({"image": str(path), **result.to_dict()}, stream, indent=2)
-                stream.write("\n")
         else:
             suffix = ".png" if kind in ("mask", "cutout") else photo_suffix
             name = {"pixelate-people": "pixelate"}.get(kind, kind)
-            target = write_image(_output_path(out_dir, stem, f"_{name}{suffix}"), render(image, result, kind))
+            target = _output_path(out_dir, stem, f"_{name}{suffix}")
+        try:
+            if kind == "json":
+                with atomic_open(target) as stream:
+                    json.dump({"image": str(path), **result.to_dict()}, stream, indent=2)
+                    stream.write("\n")
+            else:
+                write_image(target, render(image, result, kind))
+        except OSError as exc:
+            # Name the output, not the temporary file beside it that the atomic write failed on.
+            raise OSError(exc.errno, exc.strerror or str(exc), str(target)) from exc
         written.append(target)
     return written
 
 
 def stream_stem(spec: str) -> str:
-    """A file-name stem for a video path or a stream spec (`rtsp://cam1/live` → `rtsp_cam1_live`)."""
+    """A file-name stem for a video path or a stream spec (`rtsp://cam1/live` → `rtsp_cam1_live`). A URL's user name
+    and password (`rtsp://user:pass@cam1/live`) are left out: file names are seen by all."""
     if spec.startswith(STREAM_PREFIXES):
+        scheme, separator, rest = spec.partition("://")
+        if separator:
+            host, slash, path = rest.partition("/")
+            spec = f"{scheme}://{host.rpartition('@')[2]}{slash}{path}"
         return re.sub(r"[^A-Za-z0-9]+", "_", spec).strip("_")[:80] or "stream"
     return Path(spec).stem
 
@@ -325,9 +383,10 @@ def _segment_video(
     from peopleseg.infer.people import PeopleTracker
     from peopleseg.infer.pipeline import run_pipeline
     from peopleseg.infer.smoothing import TemporalSmoother
-    from peopleseg.infer.sources import open_source
+    from peopleseg.infer.sources import open_source, redact
     from peopleseg.infer.video_writer import VideoWriter
 
+    name = redact(spec)  # what messages show: never a stream's password
     smoother = TemporalSmoother(alpha=alpha) if smoothing else None
     tracker = PeopleTracker()
     summary = InferSummary(videos=1)
@@ -335,7 +394,7 @@ def _segment_video(
 
     def on_skip(index: int, reason: str) -> None:
         skipped.append(index)
-        report(f"{spec}: frame {index}: {reason}; skipped")
+        report(f"{name}: frame {index}: {reason}; skipped")
 
     with ExitStack() as stack:
         source = stack.enter_context(open_source(spec, on_skip=on_skip, max_frames=max_frames))
@@ -385,7 +444,7 @@ def _segment_video(
             if writers and (width, height) != (source.width, source.height) and not resized:
                 resized.append(frame.index)
                 report(
-                    f"{spec}: frame {frame.index} is {width}x{height}, the video started at "
+                    f"{name}: frame {frame.index} is {width}x{height}, the video started at "
                     f"{source.width}x{source.height}; such frames are letterboxed into the output video"
                 )
             for kind, writer in writers.items():
@@ -423,7 +482,7 @@ def _segment_video(
             folder.rmdir()
     summary.written = [path for path in summary.written if path.exists()]
     if skipped:
-        summary.failed += [f"{spec}: frame {i}" for i in skipped]
+        summary.failed += [f"{name}: frame {i}" for i in skipped]
     return summary
 
 

@@ -8,6 +8,7 @@ label map, except for backends that only give labels) all live here, so every ca
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -94,6 +95,10 @@ class Segmenter:
     ) -> None:
         if resize not in CHOICES:  # before the model loads: a typo costs nothing
             raise ConfigError(f"unknown resolution policy '{resize}'; choose from {', '.join(CHOICES)}")
+        if not _is_real(min_person_area) or not 0 <= min_person_area < float("inf"):
+            raise ConfigError(f"min_person_area must be pixels or an image fraction >= 0, got {min_person_area!r}")
+        if not isinstance(max_pixels, (int, np.integer)) or isinstance(max_pixels, bool) or max_pixels < 1:
+            raise ConfigError(f"max_pixels must be a whole number of pixels >= 1, got {max_pixels!r}")
         self.views = parse_views(tta)
         self.uses_tta = self.views != [View()]
         self.is_random_init = False
@@ -328,6 +333,10 @@ def torch_threads_beside(backend: Backend) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def _argmax_channels(scores: torch.Tensor) -> torch.Tensor:

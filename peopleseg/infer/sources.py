@@ -4,10 +4,13 @@
 `lavfi:GRAPH` and returns a `FrameSource`: an iterable of `Frame`s that is also a context manager.
 
 Damage is never fatal: a packet or frame that does not decode is reported through `on_skip(index, reason)` and
-skipped, and a truncated file yields the frames that decode, reports the missing rest, and ends. Live sources that
-drop reconnect with exponential backoff. `Frame.index` counts the frames yielded (0, 1, 2, ... with no gaps), and
-`on_skip`'s index is the index the next yielded frame gets (roughly: a threaded decoder holds a few frames back).
+skipped, and a truncated file yields the frames that decode, reports the missing rest (or that no frame decodes),
+and ends. Live sources that drop reconnect with exponential backoff. `Frame.index` counts the frames yielded (0, 1,
+2, ... with no gaps), and `on_skip`'s index is the index the next yielded frame gets (roughly: a threaded decoder
+holds a few frames back).
 `Frame.time_s` is the presentation time in seconds since the start of the stream, so a skip shows as a jump in it.
+Frames come upright: a video's display rotation (a phone's portrait video is landscape frames plus a rotation tag) is
+applied to each frame, and a file's `width` and `height` are its upright size.
 `FrameSource.time_base` is the clock those times come from when they do not all fall on the 1/fps grid (variable
 frame rate), so a writer can stamp its frames exactly.
 """
@@ -40,6 +43,12 @@ BACKOFF_MAX_S = 8.0
 DEFAULT_TIMEOUT_S = 10.0
 # A file whose demuxer keeps failing this many times in a row is treated as ending there.
 MAX_READ_ERRORS = 3
+# A file without a frame count (Matroska, WebM, MPEG-TS) "ends early" when its last frame falls this far short of its
+# duration: by more than a second and by 5%, as an audio track may run on a little past the video.
+LATE_END_S = 1.0
+LATE_END_FRACTION = 0.05
+# How many packets are decoded, at most, to find a video's rotation before it is read.
+PROBE_PACKETS = 64
 
 
 def codec_threads() -> int:
@@ -213,6 +222,10 @@ class _AvSource(FrameSource):
             self.is_live = (
                 url.startswith(("rtsp", "rtmp", "srt", "udp", "rtp", "tcp")) or self._container.duration is None
             )
+        # Frames are turned upright (a phone's portrait video is landscape frames plus a rotation), so the video's
+        # size is the turned one. Live sources are not probed: they are rarely rotated, and a second connection costs.
+        if not self.is_live and _first_frame_turns(url, open_kwargs) % 2:
+            self.width, self.height = self.height, self.width
         self.frame_count = self._cap_count(None if self.is_live else (stream.frames or None))
 
     def _open(self) -> None:
@@ -262,6 +275,7 @@ class _AvSource(FrameSource):
         last_time = -1.0
         read_errors = 0
         skips = 0
+        unreadable = 0  # stretches of data the demuxer failed on, reported
         while True:
             try:
                 with self._lock:
@@ -279,6 +293,7 @@ class _AvSource(FrameSource):
                     time_offset = last_time + self._frame_step()
                     continue
                 self.on_skip(index, f"unreadable data ({_one_line(exc)})")
+                unreadable += 1
                 read_errors += 1
                 if read_errors >= MAX_READ_ERRORS:
                     return
@@ -289,11 +304,8 @@ class _AvSource(FrameSource):
                 continue
             if decoded is None:
                 if self._closed or not (self._kind == "stream" and self.is_live and self.reconnect):
-                    expected = self._stream.frames if not self.is_live and not self._closed else 0
-                    if expected > index + skips:  # e.g. a file cut short: its index promised more frames
-                        self.on_skip(
-                            index, f"stream ends early: {expected - index - skips} of {expected} frames missing"
-                        )
+                    if not self.is_live and not self._closed:
+                        self._check_end(index, skips, last_time, reported=skips + unreadable > 0)
                     return
                 # A live stream has no end: EOF means the server or camera went away.
                 if not self._recover("end of stream"):
@@ -313,11 +325,70 @@ class _AvSource(FrameSource):
                         self._base_time = frame_time
                     time_s = time_offset + frame_time - self._base_time
                 last_time = time_s
-                yield Frame(index, frame.to_ndarray(format="rgb24"), time_s)
+                image = frame.to_ndarray(format="rgb24")
+                turns = _turns(frame)
+                if turns:
+                    image = np.ascontiguousarray(np.rot90(image, turns))
+                yield Frame(index, image, time_s)
                 index += 1
+
+    def _check_end(self, index: int, skips: int, last_time: float, reported: bool) -> None:
+        """At the end of a file: report frames it promised but did not give (a file cut short), or that it gave none.
+        `skips` counts the damaged frames skipped, `last_time` is the last frame's time_s, and `reported` says that
+        some damage was reported already."""
+        expected = self._stream.frames  # from the index (mp4, mov); 0 where the container keeps no count
+        if expected > index + skips:
+            self.on_skip(index, f"stream ends early: {expected - index - skips} of {expected} frames missing")
+            return
+        end = self._end_time()
+        if not expected and index and end is not None:
+            # Matroska, WebM, MPEG-TS: no frame count, but a duration; the last frame should reach it.
+            reached = (self._base_time or 0.0) + last_time + self._frame_step()
+            missing = end - reached
+            if missing > max(LATE_END_S, LATE_END_FRACTION * end):
+                self.on_skip(index, f"stream ends early: {missing:.1f} s of {end:.1f} s missing")
+                return
+        if index == 0 and not reported:
+            self.on_skip(0, "no frame decodes (truncated or corrupt video)")
+
+    def _end_time(self) -> float | None:
+        """When the video stream should end, in seconds on its own clock; None when the file does not say."""
+        stream, container = self._stream, self._container
+        if stream.duration and stream.time_base:
+            start = stream.start_time or 0
+            return float((start + stream.duration) * stream.time_base)
+        if container is not None and container.duration:
+            # The container's duration covers every stream, audio included: hence the tolerance in `_check_end`.
+            return ((container.start_time or 0) + container.duration) / av.time_base
+        return None
 
     def _frame_step(self) -> float:
         return 1.0 / self.fps if self.fps else 0.04
+
+
+def _turns(frame: av.VideoFrame) -> int:
+    """Quarter turns, counter-clockwise as np.rot90 counts them, that set a frame upright. PyAV's `rotation` is the
+    angle its display matrix turns the picture counter-clockwise: -90 for a phone video to be shown turned clockwise."""
+    return round(getattr(frame, "rotation", 0) / 90) % 4
+
+
+def _first_frame_turns(url: str, open_kwargs: dict[str, Any]) -> int:
+    """`_turns` of a video's first frame, from a second, short-lived open (the source's own stays at its start);
+    0 when none of its first packets decodes."""
+    try:
+        with _open_container(url, **open_kwargs) as container:
+            for count, packet in enumerate(container.demux(container.streams.video[0])):
+                if count >= PROBE_PACKETS:
+                    break
+                try:
+                    decoded = packet.decode()
+                except av.FFmpegError:
+                    continue
+                if decoded:
+                    return _turns(decoded[0])
+    except (av.FFmpegError, OSError, IndexError):
+        pass
+    return 0
 
 
 class _DecodeError(Exception):
