@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from peopleseg.infer.segmenter import Segmenter  # noqa: E402
 from peopleseg.models import ModelInfo, build_model  # noqa: E402
 from peopleseg.models.info import HALF_MEAN, HALF_STD  # noqa: E402
 from peopleseg.serve.app import create_app  # noqa: E402
+from peopleseg.serve.auth import ApiKeys  # noqa: E402
 from peopleseg.serve.batcher import MicroBatcher, QueueFull  # noqa: E402
 from peopleseg.serve.command import add_serve_parser, config_from_args  # noqa: E402
 from peopleseg.serve.config import ServeConfig, load_serve_config, read_keys_file  # noqa: E402
@@ -229,6 +231,17 @@ def test_overlay_tints_only_the_people_and_cutout_and_blur_keep_them(api: TestCl
     np.testing.assert_array_equal(blur[interior], image[interior])
 
 
+def test_overlay_and_blur_wider_than_jpeg_allows_come_as_png(api: TestClient) -> None:
+    # JPEG holds at most 65,500 pixels a side; such an image is within the pixel limit, so it gets an answer.
+    for width, media_type in ((65_500, "image/jpeg"), (65_501, "image/png")):
+        strip = encode(photo(width=width, height=2, box=(0, 0, 0, 0)))
+        for fmt in ("overlay", "blur"):
+            response = api.post(f"/v1/segment?format={fmt}", content=strip)
+            assert response.status_code == 200, response.text
+            assert response.headers["content-type"] == media_type
+            assert decode(response.content).shape == (2, width, 3)
+
+
 def test_real_model_answers_every_format_for_a_real_photo(real_api: TestClient) -> None:
     data = (DATA / "astronaut.jpg").read_bytes()
     mask = decode(real_api.post("/v1/segment?format=mask", content=data).content)
@@ -318,7 +331,9 @@ def test_too_many_pixels_and_decompression_bombs_get_422_before_decoding() -> No
         assert f"{WIDTH}x{HEIGHT}" in body["error"] and "5000" in body["error"]
     with client() as default:
         started = time.perf_counter()
-        assert_problem(default.post("/v1/segment", content=png_header_only(20_000, 20_000)), 422, "too_many_pixels")
+        bomb = default.post("/v1/segment", content=png_header_only(20_000, 20_000))  # over Pillow's own limit too
+        body = assert_problem(bomb, 422, "too_many_pixels")
+        assert body["error"] == "the image is 400000000 pixels, over the limit of 16777216"  # the configured limit
         assert_problem(default.post("/v1/segment", content=png_header_only(100_000, 100_000)), 422, "too_many_pixels")
         assert time.perf_counter() - started < 2  # refused from the header: 10^10 pixels were never decoded
 
@@ -393,6 +408,43 @@ def test_api_keys_guard_the_websocket() -> None:
         with guarded.websocket_connect("/v1/stream", headers={"Authorization": "Bearer k1"}) as ws:
             ws.send_bytes(frame)
             assert ws.receive_json()["people_count"] == 1
+
+
+def test_a_websocket_key_that_is_not_a_plain_string_is_a_wrong_key() -> None:
+    assert not ApiKeys(["k1"]).accepts("\ud800")  # a lone surrogate cannot be encoded: no key, not a crash
+    with client(ServeConfig(api_keys=("k1",))) as guarded:
+        for key in ("\ud800", 123, None, ["k1"], {"key": "k1"}):
+            with guarded.websocket_connect("/v1/stream") as ws:
+                ws.send_text(json.dumps({"api_key": key}))  # "\ud800" travels as JSON's escape, as a browser sends
+                assert ws.receive_json()["code"] == "unauthorized", key
+                with pytest.raises(WebSocketDisconnect) as closed:
+                    ws.receive_json()
+                assert closed.value.code == 1008
+        assert guarded.app.state.batcher.items == 0
+    with client() as open_api, open_api.websocket_connect("/v1/stream") as ws:  # no keys: a number is still no key
+        ws.send_text(json.dumps({"api_key": 123}))
+        assert ws.receive_json()["code"] == "bad_message"
+        ws.send_text(json.dumps({"api_key": "\ud800"}))
+        assert ws.receive_json() == {"ok": True, "authenticated": True}
+
+
+def test_list_settings_take_lists_of_strings_never_one_string() -> None:
+    # A string is iterable: cors_origins="https://a.com" would allow the origins "h", "t", … and api_keys="secret"
+    # failed later with a raw TypeError.
+    for name in ("api_keys", "cors_origins"):
+        with pytest.raises(ConfigError, match=rf"^{name} must be a list of strings, not one string") as error:
+            ServeConfig(**{name: "secret"})
+        assert "\n" not in str(error.value) and "secret" not in str(error.value)  # a key is never echoed
+        for wrong in (5, [1], ("ok", None)):
+            with pytest.raises(ConfigError, match=rf"^{name} must be a list of strings"):
+                ServeConfig(**{name: wrong})
+    config = ServeConfig(api_keys=["k1"], cors_origins=["https://a.example.com"])
+    assert config.api_keys == ("k1",) and config.cors_origins == ("https://a.example.com",)
+    assert ServeConfig.from_json(config.to_json()) == config
+    with client(config) as listed:
+        assert_problem(listed.get("/v1/models"), 401, "unauthorized")
+        answer = listed.get("/v1/models", headers={"X-API-Key": "k1", "Origin": "https://a.example.com"})
+        assert answer.status_code == 200 and answer.headers["access-control-allow-origin"] == "https://a.example.com"
 
 
 def test_a_keys_file_that_cannot_be_used_is_a_config_error(tmp_path: Path) -> None:
@@ -543,6 +595,122 @@ def test_requests_that_gave_up_leave_the_queue_at_once() -> None:
     assert backend.batches == [1, 1]
 
 
+@pytest.fixture
+def held_decoding(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[threading.Event, list[int]]]:
+    """Every image decode of the app waits for the returned gate; the list grows as decodes start."""
+    from peopleseg.serve import app as app_module
+
+    gate, started = threading.Event(), []
+    decode_image = app_module.decode_image
+
+    def held(data: bytes, max_pixels: int) -> np.ndarray:
+        started.append(1)
+        assert gate.wait(20), "the test never opened the gate"
+        return decode_image(data, max_pixels)
+
+    monkeypatch.setattr(app_module, "decode_image", held)
+    yield gate, started
+    gate.set()
+
+
+def test_images_being_decoded_hold_their_place_in_the_queue(held_decoding: tuple[threading.Event, list[int]]) -> None:
+    # The queue bounds memory only if an image holds its place while it is decoded: many small uploads of big
+    # images, decoded at once, must not all be in memory before any of them reaches the queue.
+    gate, started = held_decoding
+    app = create_app(ServeConfig(max_batch=1, max_queue=2, request_timeout_s=0.5), stand_in())
+
+    async def scenario(http: httpx.AsyncClient, app) -> None:
+        decoding = [asyncio.create_task(http.post("/v1/segment", content=encode(photo()))) for _ in range(2)]
+        await _until(lambda: len(started) == 2)
+        assert app.state.batcher.depth() == 2
+        assert_problem(await http.get("/readyz"), 503, "busy")
+        assert_problem(await http.post("/v1/segment", content=encode(photo())), 503, "busy")
+        assert len(started) == 2  # the third image was refused before it was decoded
+        # They time out while still decoding: their threads go on, and so their places stay taken until they end.
+        for task in decoding:
+            assert_problem(await task, 504, "timeout")
+        assert app.state.batcher.depth() == 2
+        gate.set()
+        await _until(lambda: app.state.batcher.depth() == 0)
+        assert (await http.post("/v1/segment", content=encode(photo()))).status_code == 200
+        assert (await http.get("/readyz")).status_code == 200
+
+    _run_concurrently(app, scenario)
+
+
+def test_a_stream_frame_being_decoded_holds_its_place_in_the_queue(
+    held_decoding: tuple[threading.Event, list[int]],
+) -> None:
+    gate, started = held_decoding
+    with client(ServeConfig(max_queue=1)) as api, api.websocket_connect("/v1/stream") as ws:
+        ws.send_bytes(encode(photo()))
+        deadline = time.perf_counter() + 10
+        while not started:
+            assert time.perf_counter() < deadline, "the frame was never decoded"
+            time.sleep(0.01)
+        assert_problem(api.post("/v1/segment", content=encode(photo())), 503, "busy")
+        gate.set()
+        assert ws.receive_json()["frame"] == 0
+        assert api.app.state.batcher.depth() == 0
+
+
+class ThreadedUvicorn:
+    """uvicorn serving `app` on a free localhost port, in a thread of this process: real sockets, real disconnects."""
+
+    def __init__(self, app: object) -> None:
+        import uvicorn
+
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, name="peopleseg-test-server", daemon=True)
+
+    def __enter__(self) -> ThreadedUvicorn:
+        self.thread.start()
+        _wait_for(lambda: self.server.started, "the server did not start")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+
+
+def _wait_for(condition, what: str, timeout: float = 10.0) -> None:
+    deadline = time.perf_counter() + timeout
+    while not condition():
+        assert time.perf_counter() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_request_whose_client_left_is_dropped_not_run() -> None:
+    pytest.importorskip("uvicorn", reason="needs the serve extra (uvicorn)")
+    backend = GatedBackend()
+    app = create_app(ServeConfig(max_batch=1), stand_in(backend))
+    body, answers = encode(photo()), []
+    try:
+        with ThreadedUvicorn(app) as server:
+            first = threading.Thread(
+                target=lambda: answers.append(httpx.post(f"{server.url}/v1/segment", content=body))
+            )
+            first.start()
+            assert backend.entered.wait(10)  # the model is busy with the first image
+            head = f"POST /v1/segment HTTP/1.1\r\nHost: test\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            with socket.create_connection(("127.0.0.1", server.port)) as leaving:
+                leaving.sendall(head + body)
+                _wait_for(lambda: app.state.batcher.depth() == 1, "the second image never queued")
+            # The client has gone: its image leaves the queue now, not when the model gets to it.
+            _wait_for(lambda: app.state.batcher.depth() == 0, "the image of a client that left stayed queued")
+            metrics = lambda: httpx.get(f"{server.url}/metrics").text  # noqa: E731
+            _wait_for(lambda: 'route="/v1/segment",status="499"} 1.0' in metrics(), "no 499 was counted")
+            backend.gate.set()
+            first.join(30)
+            assert answers[0].status_code == 200
+            assert 'route="/v1/segment",status="200"} 1.0' in metrics()  # one 200: the client that stayed
+    finally:
+        backend.gate.set()
+    assert backend.batches == [1]  # the image of the client that left never ran
+
+
 def test_requests_before_startup_get_503_not_ready() -> None:
     app = create_app(ServeConfig(), stand_in())
     bare = TestClient(app)  # outside `with`: the lifespan (and so the batcher) has not started
@@ -659,13 +827,25 @@ def test_models_health_readiness_metrics_docs_and_page(api: TestClient) -> None:
     assert formats["enum"] == ["mask", "overlay", "cutout", "blur", "json"]
     assert {"400", "401", "413", "422", "503", "504"} <= set(segment["responses"])
     assert {"/v1/models", "/healthz", "/readyz", "/metrics"} <= set(spec["paths"])
-    assert api.get("/docs").status_code == 200
+    docs = api.get("/docs")
+    assert docs.status_code == 200 and "swagger-ui" in docs.text
+    assert "cannot reach it" in docs.text and 'href="/openapi.json"' in docs.text  # what to do offline
 
     page = api.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert 'id="file"' in page.text and 'id="webcam"' in page.text and "/static/app.js" in page.text
     assert "javascript" in api.get("/static/app.js").headers["content-type"]
     assert api.get("/static/style.css").status_code == 200
+
+
+def test_head_probes_and_plain_http_on_the_websocket(api: TestClient) -> None:
+    for path in ("/", "/healthz", "/readyz"):
+        assert api.head(path).status_code == 200, path
+    documented = api.get("/openapi.json").json()["paths"]
+    assert set(documented["/healthz"]) == set(documented["/readyz"]) == {"get"}  # HEAD is not documented twice
+    plain = api.get("/v1/stream")
+    body = assert_problem(plain, 426, "upgrade_required")
+    assert "WebSocket" in body["error"] and plain.headers["upgrade"] == "websocket"
 
 
 def test_cors_is_off_unless_origins_are_configured(api: TestClient) -> None:
@@ -679,6 +859,9 @@ def test_cors_is_off_unless_origins_are_configured(api: TestClient) -> None:
         assert preflight.status_code == 200
         other = open_to_one.get("/healthz", headers={"Origin": "https://evil.example.com"})
         assert "access-control-allow-origin" not in other.headers
+        evil = {"Origin": "https://evil.example.com", "Access-Control-Request-Method": "POST"}
+        body = assert_problem(open_to_one.options("/v1/segment", headers=evil), 400, "cors_refused")
+        assert body["error"] == "CORS preflight refused: this server does not allow its origin"
 
 
 # --- WebSocket /v1/stream --------------------------------------------------------------------------------------------
@@ -726,15 +909,41 @@ def test_stream_smooths_over_time_per_connection(api: TestClient) -> None:
         assert not _mask_of(raw.receive_json()).any()
 
 
-def test_stream_limits_and_bad_parameters() -> None:
-    with client(ServeConfig(max_upload_mb=0.01)) as small:
-        with small.websocket_connect("/v1/stream") as ws:
-            ws.send_bytes(os.urandom(20_000))
-            assert ws.receive_json()["code"] == "upload_too_large"
-            ws.send_bytes(png_header_only(30_000, 30_000))
-            assert ws.receive_json()["code"] == "too_many_pixels"
-        with pytest.raises(WebSocketDisconnect), small.websocket_connect("/v1/stream?alpha=7") as ws:
-            ws.receive_json()
+def test_stream_limits() -> None:
+    with client(ServeConfig(max_upload_mb=0.01)) as small, small.websocket_connect("/v1/stream") as ws:
+        ws.send_bytes(os.urandom(20_000))
+        assert ws.receive_json()["code"] == "upload_too_large"
+        ws.send_bytes(png_header_only(30_000, 30_000))
+        assert ws.receive_json()["code"] == "too_many_pixels"
+
+
+def test_a_bad_stream_parameter_is_named_before_the_stream_closes(api: TestClient) -> None:
+    # Refusing the handshake is a bare HTTP 403, which reads as a wrong key: say which parameter is wrong instead.
+    for query in ("alpha=7", "alpha=0", "alpha=abc", "smooth=maybe"):
+        name = query.split("=")[0]
+        with api.websocket_connect(f"/v1/stream?{query}") as ws:
+            message = ws.receive_json()
+            assert (message["code"], message["status"]) == ("invalid_parameter", 422)
+            assert message["error"].startswith(f"{name}: "), message
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_json()
+            assert closed.value.code == 1008 and closed.value.reason.startswith(f"{name}: ")
+
+
+def test_the_stream_resets_only_when_asked_with_true(api: TestClient) -> None:
+    frame = encode(photo())
+    with api.websocket_connect("/v1/stream") as ws:
+        ws.send_bytes(frame)
+        assert ws.receive_json()["frame"] == 0
+        for value in ("no", "false", 1, None, False):
+            ws.send_text(json.dumps({"reset": value}))
+            assert ws.receive_json()["ok"] is True
+        ws.send_bytes(frame)
+        assert ws.receive_json()["frame"] == 1  # nothing was reset
+        ws.send_text(json.dumps({"reset": True}))
+        ws.receive_json()
+        ws.send_bytes(frame)
+        assert ws.receive_json()["frame"] == 0
 
 
 def test_stream_with_the_real_model(real_api: TestClient) -> None:

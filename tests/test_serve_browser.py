@@ -228,6 +228,26 @@ def test_the_webcam_streams_live_over_the_websocket(page: object, server: Thread
     assert frames and int(frames.group(1)) >= 5
 
 
+def test_a_photo_picked_while_the_webcam_runs_replaces_the_live_view(page: object, server: ThreadedServer) -> None:
+    page.goto(server.url)
+    page.wait_for_function("document.getElementById('model').textContent.startsWith('Model')")
+    page.click("#webcam")
+    page.wait_for_function("Number(document.getElementById('fps').dataset.frames || 0) >= 1")
+    page.set_input_files("#file", str(PHOTO))
+    _wait_for_view(page, "overlay")
+    assert page.inner_text("#fps") == "stopped"
+    assert page.is_visible("#photo-result") and page.is_hidden("#live")  # no frozen webcam frame beside the photo
+
+
+def test_the_api_docs_say_where_to_look_when_their_cdn_cannot_be_reached(page: object, server: ThreadedServer) -> None:
+    page.route("https://cdn.jsdelivr.net/**", lambda route: route.abort())  # offline, whatever this machine can reach
+    page.goto(f"{server.url}/docs")
+    assert "cannot reach it" in page.inner_text("#swagger-ui")
+    page.click("#swagger-ui a")
+    page.wait_for_url("**/openapi.json")
+    assert '"/v1/segment"' in page.content()
+
+
 def test_the_page_fits_a_phone_screen(browser: object, server: ThreadedServer, tmp_path: Path) -> None:
     context = browser.new_context(viewport={"width": 375, "height": 740}, device_scale_factor=2, is_mobile=True)
     try:

@@ -28,7 +28,7 @@ FUZZ = settings(
 )
 MAX_UPLOAD_MB = 0.05
 CONFIG = ServeConfig(max_upload_mb=MAX_UPLOAD_MB, max_pixels=200_000, api_keys=())
-REFUSALS = {400, 404, 405, 413, 422}
+REFUSALS = {400, 404, 405, 413, 422, 426}  # 426: /v1/stream is a WebSocket
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +138,8 @@ def test_segment_answers_any_parameters_without_a_500(
     _check(_post(api, _small_png(), params, packaging), {200} | REFUSALS)
 
 
-route_paths = st.sampled_from(
-    ["/", "/healthz", "/readyz", "/metrics", "/v1/models", "/v1/segment", "/openapi.json", "/docs", "/static/app.js"]
-)
+ROUTES = "/ /healthz /readyz /metrics /v1/models /v1/segment /v1/stream /openapi.json /docs /static/app.js"
+route_paths = st.sampled_from(ROUTES.split())
 random_paths = st.text(alphabet=string.ascii_letters + string.digits + "/._-~%", max_size=30).map(lambda p: "/" + p)
 
 

@@ -7,10 +7,14 @@
 | `POST /v1/segment` | an image (raw body or multipart `file`) → mask, overlay, cutout, blur or JSON (`format=`) |
 | `GET /v1/models` | the model being served, the formats and the limits |
 | `WS /v1/stream` | JPEG frames in, masks and people out, smoothed over time per connection |
-| `GET /healthz`, `GET /readyz` | liveness; readiness (the model is loaded and the queue has room) |
+| `GET /healthz`, `GET /readyz` | liveness; readiness (the model is loaded and the queue has room); HEAD too |
 | `GET /metrics` | Prometheus text |
-| `GET /docs`, `GET /openapi.json` | the OpenAPI document and its viewer |
+| `GET /docs`, `GET /openapi.json` | the OpenAPI document and its viewer (Swagger UI, from a CDN) |
 | `GET /` | the web page (static files, no build step) |
+
+`GET /v1/stream` over plain HTTP answers 426. An image holds its place in the queue from before it is decoded until
+its batch takes it, so `--max-queue` bounds the decoded images in memory; a request whose client disconnects is
+cancelled (its image leaves the queue unrun) and counted as 499.
 
 Every error is one line of JSON (`peopleseg.serve.problems`). An unexpected exception is logged with its traceback on
 the server and answered with a bare JSON 500: internals never reach the client.
@@ -24,17 +28,19 @@ import contextlib
 import json
 import logging
 import warnings
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from fastapi import Depends, FastAPI, Query, Request, WebSocket, WebSocketDisconnect
-from fastapi.exceptions import RequestValidationError
+from fastapi.exceptions import RequestValidationError, WebSocketRequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -46,7 +52,7 @@ from peopleseg.serve.config import CONFIG_ENV, ServeConfig, read_keys_file
 from peopleseg.serve.formats import FORMATS, Encoding, Format, encode_png, render_result
 from peopleseg.serve.metrics import MetricsMiddleware, ServeMetrics
 from peopleseg.serve.problems import ERROR_SCHEMA, ServeProblem, problem_response
-from peopleseg.serve.upload import decode_image, image_bytes
+from peopleseg.serve.upload import client_disconnected, decode_image, image_bytes
 
 log = logging.getLogger("peopleseg.serve")
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -55,6 +61,14 @@ SUMMARY_HEADERS = ("X-People-Count", "X-Person-Fraction", "X-Batch-Size", "X-Ima
 WS_POLICY_VIOLATION = 1008  # the WebSocket close code for "not allowed", e.g. a missing or wrong key
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
 INTERNAL_ERROR = "internal server error (the server log has the details)"
+UPGRADE_HEADERS = {"Upgrade": "websocket", "Connection": "Upgrade"}
+WS_REASON_BYTES = 123  # the most a WebSocket close frame's reason may hold
+DOCS_OFFLINE = (
+    '<p style="font: 16px sans-serif; margin: 2em">This viewer loads Swagger UI from cdn.jsdelivr.net. If nothing '
+    'else appears, this browser cannot reach it: the OpenAPI document itself is at <a href="/openapi.json">'
+    "/openapi.json</a>.</p>"
+)
+T = TypeVar("T")
 
 
 def configure_logging(level: str) -> None:
@@ -145,6 +159,7 @@ def create_app(config: ServeConfig | None = None, segmenter: Segmenter | None = 
         "`Authorization: Bearer KEY` or `X-API-Key: KEY`.",
         version=_version(),
         lifespan=lifespan,
+        docs_url=None,  # served below, with a word for when its CDN cannot be reached
         redoc_url=None,
     )
     app.state.config = config
@@ -157,7 +172,7 @@ def create_app(config: ServeConfig | None = None, segmenter: Segmenter | None = 
     app.add_middleware(CatchAllMiddleware)
     if config.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            JsonCORSMiddleware,
             allow_origins=list(config.cors_origins),
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
@@ -174,11 +189,19 @@ def create_app(config: ServeConfig | None = None, segmenter: Segmenter | None = 
 
     # --- pages and probes ----------------------------------------------------------------------------------------
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        openapi_url = request.scope.get("root_path", "").rstrip("/") + (app.openapi_url or "/openapi.json")
+        page = get_swagger_ui_html(openapi_url=openapi_url, title=f"{app.title} API")
+        # Swagger UI comes from a CDN and replaces this text once it loads; offline, the text is what remains.
+        text = bytes(page.body).decode().replace('<div id="swagger-ui">', f'<div id="swagger-ui">{DOCS_OFFLINE}', 1)
+        return HTMLResponse(text)
 
     @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz() -> dict[str, str]:
@@ -198,6 +221,10 @@ def create_app(config: ServeConfig | None = None, segmenter: Segmenter | None = 
         return JSONResponse(
             {"status": "ready", "queue_depth": batcher.depth(), "max_queue": config.max_queue, **batch_stats(batcher)}
         )
+
+    # Load balancers and uptime checks probe with HEAD; the same answer, undocumented twice over.
+    app.add_api_route("/healthz", healthz, methods=["HEAD"], include_in_schema=False)
+    app.add_api_route("/readyz", readyz, methods=["HEAD"], include_in_schema=False)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def prometheus() -> Response:
@@ -281,8 +308,11 @@ def create_app(config: ServeConfig | None = None, segmenter: Segmenter | None = 
 
         async def answer() -> Response:
             data = await image_bytes(request, config.max_upload_bytes)
-            image = await run_in_threadpool(decode_image, data, config.max_pixels)
-            batched = await _submit(batcher, metrics, image)
+            # The body is in: from here on the client can only leave, and then the work stops (see below).
+            return await _unless_disconnected(request, segment_bytes(data))
+
+        async def segment_bytes(data: bytes) -> Response:
+            image, batched = await _decode_and_submit(batcher, metrics, data, config.max_pixels)
             body, media_type = await run_in_threadpool(
                 _finish, segmenter, image, batched.result, fmt, encoding, binary_255
             )
@@ -303,6 +333,12 @@ def create_app(config: ServeConfig | None = None, segmenter: Segmenter | None = 
             raise ServeProblem(
                 504, "timeout", f"the request took longer than {config.request_timeout_s:g} s and was abandoned"
             ) from None
+
+    @app.get("/v1/stream", include_in_schema=False)
+    async def stream_over_http() -> Response:
+        return problem_response(
+            426, "upgrade_required", "/v1/stream is a WebSocket: connect with ws:// (or wss://)", UPGRADE_HEADERS
+        )
 
     @app.websocket("/v1/stream")
     async def stream(
@@ -334,28 +370,71 @@ def create_app_from_env() -> FastAPI:
 # --- the request path --------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _queue_refusals(metrics: ServeMetrics) -> Iterator[None]:
+    """The batcher's refusals as the service's 503s."""
+    try:
+        yield
+    except QueueFull as exc:
+        metrics.rejected.labels("queue_full").inc()
+        raise ServeProblem(503, "busy", str(exc), {"Retry-After": str(exc.retry_after_s)}) from None
+    except BatcherStopped as exc:
+        raise ServeProblem(503, "not_ready", str(exc), {"Retry-After": "1"}) from None
+
+
 def _check_room(batcher: MicroBatcher[Any, Any], metrics: ServeMetrics) -> None:
-    try:
+    with _queue_refusals(metrics):
         batcher.check_room()
-    except QueueFull as exc:
-        metrics.rejected.labels("queue_full").inc()
-        raise ServeProblem(503, "busy", str(exc), {"Retry-After": str(exc.retry_after_s)}) from None
-    except BatcherStopped as exc:
-        raise ServeProblem(503, "not_ready", str(exc), {"Retry-After": "1"}) from None
 
 
-async def _submit(batcher: MicroBatcher[Any, Any], metrics: ServeMetrics, image: np.ndarray) -> Any:
-    _check_room(batcher, metrics)
+async def _decode_and_submit(
+    batcher: MicroBatcher[Any, Any], metrics: ServeMetrics, data: bytes, max_pixels: int
+) -> tuple[np.ndarray, Any]:
+    """Decode `data` and run it through the model. The queue place is taken before decoding, so images being decoded
+    count towards --max-queue: however many requests arrive at once, at most that many decoded images exist."""
+    with _queue_refusals(metrics):
+        slot = batcher.reserve()
     try:
-        batched = await batcher.submit(image)
-    except QueueFull as exc:
-        metrics.rejected.labels("queue_full").inc()
-        raise ServeProblem(503, "busy", str(exc), {"Retry-After": str(exc.retry_after_s)}) from None
-    except BatcherStopped as exc:
-        raise ServeProblem(503, "not_ready", str(exc), {"Retry-After": "1"}) from None
+        decoding = asyncio.ensure_future(run_in_threadpool(decode_image, data, max_pixels))
+        try:
+            image = await asyncio.shield(decoding)
+        except asyncio.CancelledError:
+            slot.release_when_done(decoding)  # the thread goes on decoding: its pixels still count
+            raise
+        with _queue_refusals(metrics):
+            batched = await batcher.submit(image, slot)
+    finally:
+        slot.release()
     if isinstance(batched.result, Exception):
         raise batched.result
-    return batched
+    return image, batched
+
+
+async def _unless_disconnected(request: Request, work: Coroutine[Any, Any, T]) -> T:
+    """`work`'s result, unless the client disconnects first: then the work is cancelled (a queued image leaves the
+    queue without running) and the request ends as 499 `client_disconnected`, never as a 200 that nobody reads."""
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnect(request))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        unfinished = [future for future in (task, gone) if not future.done()]
+        for future in unfinished:
+            future.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)  # a cancelled submit has left the queue
+    if gone.done() and not gone.cancelled():
+        for future in (task, gone):
+            if future.done() and not future.cancelled():
+                future.exception()  # retrieved: nobody is left to tell
+        raise client_disconnected("the client went away before the answer was ready")
+    return task.result()
+
+
+async def _disconnect(request: Request) -> None:
+    # Called once the body is read: the next message for this request is its end (as Starlette's StreamingResponse
+    # listens for it).
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def _finish(
@@ -396,11 +475,19 @@ async def _stream(websocket: WebSocket, alpha: float, smooth: bool, app: FastAPI
                     await websocket.send_json(_problem_message(control))
                     continue
                 if "api_key" in control:
-                    authenticated = keys.accepts(str(control["api_key"]))
+                    offered_key = control["api_key"]
+                    if not isinstance(offered_key, str):  # refused, never str()-ed: 123 is not the key "123"
+                        if keys.enabled:
+                            await _refuse(websocket, 'the API key must be a JSON string: {"api_key": "KEY"}')
+                            return
+                        problem = ServeProblem(400, "bad_message", 'api_key must be a JSON string: {"api_key": "KEY"}')
+                        await websocket.send_json(_problem_message(problem))
+                        continue
+                    authenticated = keys.accepts(offered_key)
                     if not authenticated:
                         await _refuse(websocket, "the API key is not valid")
                         return
-                if control.get("reset"):
+                if control.get("reset") is True:  # only true resets: {"reset": "no"} must not
                     frame = 0
                     tracker.reset()
                     if smoother is not None:
@@ -447,15 +534,13 @@ async def _stream_frame(
     if len(data) > config.max_upload_bytes:
         raise ServeProblem(413, "upload_too_large", f"the frame is {len(data)} bytes, over {config.max_upload_bytes}")
 
-    async def decode_and_segment() -> tuple[np.ndarray, Any]:
-        image = await run_in_threadpool(decode_image, data, config.max_pixels)
-        return image, await _submit(batcher, metrics, image)
-
     # The timeout covers only the steps that keep no state of the connection. Once the model has answered, the
     # frame is followed to the end before the next one starts: a frame abandoned in its thread would race the next
     # over the connection's smoother and tracker (neither is thread-safe), and feed them after it was dropped.
     try:
-        image, batched = await asyncio.wait_for(decode_and_segment(), config.request_timeout_s)
+        image, batched = await asyncio.wait_for(
+            _decode_and_submit(batcher, metrics, data, config.max_pixels), config.request_timeout_s
+        )
     except asyncio.TimeoutError:
         raise ServeProblem(504, "timeout", "the frame took too long and was dropped") from None
 
@@ -511,6 +596,13 @@ _ERROR_STATUSES = {
 }
 
 
+def _validation_message(errors: Sequence[Any]) -> str:
+    """One line naming the first invalid parameter: 'alpha: Input should be less than or equal to 1'."""
+    first = errors[0] if errors else {}
+    where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("query", "body", "path", "header"))
+    return f"{where}: {first.get('msg', 'invalid value')}" if where else str(first.get("msg", "invalid"))
+
+
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServeProblem)
     async def serve_problem(request: Request, exc: ServeProblem) -> Response:
@@ -524,10 +616,17 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("query", "body", "path"))
-        message = f"{where}: {first.get('msg', 'invalid value')}" if where else str(first.get("msg", "invalid"))
-        return problem_response(422, "invalid_parameter", message)
+        return problem_response(422, "invalid_parameter", _validation_message(exc.errors()))
+
+    @app.exception_handler(WebSocketRequestValidationError)
+    async def invalid_stream_request(websocket: WebSocket, exc: WebSocketRequestValidationError) -> None:
+        # Refusing the handshake would be a bare HTTP 403, the same as a wrong key: accept, say which parameter is
+        # wrong, then close.
+        message = _validation_message(exc.errors())
+        await websocket.accept()
+        await websocket.send_json(_problem_message(ServeProblem(422, "invalid_parameter", message)))
+        reason = message.encode()[:WS_REASON_BYTES].decode(errors="ignore")
+        await websocket.close(code=WS_POLICY_VIOLATION, reason=reason)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -541,6 +640,23 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
         return problem_response(500, "internal", INTERNAL_ERROR)
+
+
+class JsonCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, with a refused preflight answered as the service's one-line JSON error, not plain text."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")  # e.g. "origin" or "method, headers"
+        problem = problem_response(
+            response.status_code, "cors_refused", f"CORS preflight refused: this server does not allow its {refused}"
+        )
+        for name, value in response.headers.items():  # keep Vary and the Access-Control-* headers
+            if name not in ("content-type", "content-length"):
+                problem.headers[name] = value
+        return problem
 
 
 class CatchAllMiddleware:

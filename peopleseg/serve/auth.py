@@ -37,7 +37,10 @@ class ApiKeys:
             return True
         if not candidate:
             return False
-        given = candidate.encode("utf-8", "surrogateescape")
+        try:
+            given = candidate.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # a lone surrogate from JSON ("\ud800"): no key is made of those
+            return False
         matched = False
         for key in self._keys:
             matched |= hmac.compare_digest(given, key)  # no short cut: every key is compared

@@ -6,8 +6,9 @@ thread of its own, so the event loop keeps accepting and answering requests mean
 one gathers, so under load batches fill up without waiting at all. `max_batch=1` is one image at a time.
 
 A full queue refuses at once (`QueueFull`, which the app answers with 503 and Retry-After) instead of letting latency
-and memory grow without bound. A request that gave up (timed out, disconnected) leaves the queue at once: it neither
-runs nor takes room.
+and memory grow without bound. A request takes its place in the queue (`reserve()`) before it decodes its image, so
+images being decoded count towards `max_queue` as well as those waiting. A request that gave up (timed out,
+disconnected) leaves the queue at once: it neither runs nor takes room.
 """
 
 from __future__ import annotations
@@ -55,6 +56,42 @@ class _Job(Generic[Item]):
     queued_at: float
 
 
+class Slot:
+    """A place in a batcher's queue, held from before its item exists (while the image is decoded) until the item is
+    queued by `submit(item, slot)` or the place is released. Releasing twice is harmless."""
+
+    def __init__(self, batcher: MicroBatcher[Any, Any]) -> None:
+        self._batcher = batcher
+        self._held = True
+        self._deferred = False
+
+    def release(self) -> None:
+        """Give the place back, unless `release_when_done` holds it for work still running."""
+        if self._held and not self._deferred:
+            self._held = False
+            self._batcher._reserved -= 1
+
+    def release_when_done(self, work: asyncio.Future) -> None:
+        """Keep the place until `work` ends: a thread cannot be stopped, so the pixels an abandoned decode is still
+        producing must keep counting towards the bound."""
+        self._deferred = True
+
+        def done(future: asyncio.Future) -> None:
+            if not future.cancelled():
+                future.exception()  # retrieved: the caller that gave up is not there to hear of it
+            self._deferred = False
+            self.release()
+
+        work.add_done_callback(done)
+
+    def _hand_over(self) -> None:
+        # submit() queues the item in the same step: the place passes to it, never counted twice or not at all.
+        if not self._held:
+            raise RuntimeError("this queue place was already released")
+        self._held = False
+        self._batcher._reserved -= 1
+
+
 class MicroBatcher(Generic[Item, Result]):
     """Gathers items submitted concurrently into batches for `run_batch(items) -> results` (same order, same length).
 
@@ -79,6 +116,7 @@ class MicroBatcher(Generic[Item, Result]):
         self.max_queue = max_queue
         self.on_batch = on_batch
         self._pending: collections.deque[_Job[Item]] = collections.deque()
+        self._reserved = 0  # places held by requests still decoding their image (`reserve()`)
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._executor: ThreadPoolExecutor | None = None
@@ -124,15 +162,15 @@ class MicroBatcher(Generic[Item, Result]):
     # --- submitting --------------------------------------------------------------------------------------------------
 
     def depth(self) -> int:
-        """Items waiting for the model (not counting the batch running now)."""
-        return len(self._pending)
+        """Items being prepared (reserved places) or waiting for the model, not counting the batch running now."""
+        return len(self._pending) + self._reserved
 
     def is_full(self) -> bool:
-        return len(self._pending) >= self.max_queue
+        return self.depth() >= self.max_queue
 
     def retry_after_s(self) -> int:
         """Whole seconds until the queue has likely drained enough for one more item (at least 1)."""
-        batches_ahead = math.ceil((len(self._pending) + 1) / self.max_batch)
+        batches_ahead = math.ceil((self.depth() + 1) / self.max_batch)
         return max(1, math.ceil(batches_ahead * self._seconds_per_batch))
 
     def check_room(self) -> None:
@@ -140,11 +178,25 @@ class MicroBatcher(Generic[Item, Result]):
         if not self.running:
             raise BatcherStopped("the model is not ready")
         if self.is_full():
-            raise QueueFull(len(self._pending), self.retry_after_s())
+            raise QueueFull(self.depth(), self.retry_after_s())
 
-    async def submit(self, item: Item) -> Batched[Result]:
-        """Queue `item` and wait for its result. Cancelling the wait withdraws the item if its batch has not run."""
+    def reserve(self) -> Slot:
+        """Take a place in the queue now, for an item still to be made (an image to decode), or raise as
+        `check_room` does. Pass the slot to `submit`, and release it if the item is never submitted."""
         self.check_room()
+        self._reserved += 1
+        return Slot(self)
+
+    async def submit(self, item: Item, slot: Slot | None = None) -> Batched[Result]:
+        """Queue `item` (in the place `slot` holds, if given) and wait for its result. Cancelling the wait withdraws
+        the item if its batch has not run."""
+        if slot is None:
+            self.check_room()
+        elif not self.running:
+            slot.release()
+            raise BatcherStopped("the model is not ready")
+        else:
+            slot._hand_over()
         assert self._wakeup is not None
         job = _Job(item, asyncio.get_running_loop().create_future(), time.perf_counter())
         self._pending.append(job)

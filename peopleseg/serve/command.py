@@ -60,7 +60,7 @@ def add_serve_parser(commands: argparse._SubParsersAction) -> None:
     add("--workers", dest="workers", type=positive_int, help="server processes, each with its own model")
     add("--max-batch", dest="max_batch", type=positive_int, help="images per forward pass; 1 turns batching off")
     add("--max-wait-ms", dest="max_wait_ms", type=_non_negative_float, help="how long a batch waits to fill")
-    add("--max-queue", dest="max_queue", type=positive_int, help="images waiting for the model before 503")
+    add("--max-queue", dest="max_queue", type=positive_int, help="images being decoded or queued before 503")
     add("--max-upload-mb", dest="max_upload_mb", type=_positive_float, help="largest upload in MiB, 413 above")
     add("--max-pixels", dest="max_pixels", type=positive_int, help="largest image, width x height, 422 above")
     add("--request-timeout", dest="request_timeout_s", type=_positive_float, help="seconds per request, 504 after")

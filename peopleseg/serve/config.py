@@ -26,12 +26,13 @@ CONFIG_ENV = "PEOPLESEG_SERVE_CONFIG"
 # HTTP headers reach the server as latin-1 text while clients send UTF-8 or latin-1 bytes: only ASCII keys match
 # the same way from every client.
 NON_ASCII_KEY = "an API key has a non-ASCII character; use ASCII keys (HTTP headers carry no other text reliably)"
+LIST_FIELDS = ("api_keys", "cors_origins")
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    """The service's settings. Limits are per request; the queue bounds memory: at most `max_queue` decoded images
-    (each at most `max_pixels` x 3 bytes) wait for the model at any time."""
+    """The service's settings. Limits are per request; the queue bounds memory: at most `max_queue` images (each at
+    most `max_pixels` x 3 bytes decoded) are being decoded or wait for the model at any time."""
 
     host: str = "127.0.0.1"  # localhost only: serving the network is an explicit choice (--host 0.0.0.0)
     port: int = 8000
@@ -45,7 +46,7 @@ class ServeConfig:
     workers: int = 1  # server processes, each with its own model and batcher
     max_batch: int = 8  # images per forward pass; 1 turns micro-batching off
     max_wait_ms: float = 10.0  # how long the first image of a batch waits for company
-    max_queue: int = 64  # images waiting for the model; beyond this, 503 with Retry-After
+    max_queue: int = 64  # images being decoded or waiting for the model; beyond this, 503 with Retry-After
     max_upload_mb: float = 20.0  # the largest upload (or WebSocket frame), in MiB
     max_pixels: int = 4096 * 4096  # width x height after decoding; checked before the pixels are decoded
     request_timeout_s: float = 30.0  # reading, queueing, inference and encoding of one request together
@@ -57,6 +58,8 @@ class ServeConfig:
     log_level: str = "info"
 
     def __post_init__(self) -> None:
+        for name in LIST_FIELDS:  # frozen: set through object.__setattr__, as dataclasses do themselves
+            object.__setattr__(self, name, _string_tuple(name, getattr(self, name)))
         self.validate()
 
     def validate(self) -> None:
@@ -102,9 +105,21 @@ class ServeConfig:
     @classmethod
     def from_json(cls, text: str) -> ServeConfig:
         data = json.loads(text)
-        for name in ("api_keys", "cors_origins"):
-            data[name] = tuple(data[name])
-        return cls(**data)
+        return cls(**data)  # JSON lists become tuples in __post_init__
+
+
+def _string_tuple(name: str, value: Any) -> tuple[str, ...]:
+    """`value` (a list, tuple or other iterable of strings) as a tuple. A bare string is refused: iterated, it would
+    be one entry per character ('h', 't', 't', 'p', …)."""
+    if isinstance(value, (str, bytes)):
+        raise ConfigError(f"{name} must be a list of strings, not one string (it would be one entry per character)")
+    try:
+        items = tuple(value)
+    except TypeError:
+        raise ConfigError(f"{name} must be a list of strings, got {type(value).__name__}") from None
+    if not all(isinstance(item, str) for item in items):
+        raise ConfigError(f"{name} must be a list of strings, got an item that is not a string")
+    return items
 
 
 def env_name(field_name: str) -> str:

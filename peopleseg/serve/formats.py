@@ -6,6 +6,8 @@
 | `overlay` | JPEG (or PNG with `encoding=png`): people tinted red with an outline |
 | `cutout` | RGBA PNG: alpha is the person probability |
 | `blur` | JPEG (or PNG): background blurred, people sharp |
+
+JPEG holds at most 65,500 pixels a side: overlay and blur of a wider or taller image are PNG, whatever `encoding` asks.
 | `json` | size, person fraction, people count, boxes, each person's area, centroid and score; mask as COCO RLE |
 """
 
@@ -26,6 +28,7 @@ Encoding = Literal["jpeg", "png"]
 FORMATS: tuple[str, ...] = ("mask", "overlay", "cutout", "blur", "json")
 JPEG_QUALITY = 90
 PNG_COMPRESSION = 3  # OpenCV's default: most of the size gain of 9 at a fraction of the time
+JPEG_MAX_SIDE = 65_500  # the most pixels a side that a JPEG (OpenCV's encoder) can hold
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "json": "application/json"}
 
 
@@ -55,7 +58,7 @@ def render_result(
         picture = render.blur_background(image, result.person)
     else:
         raise ValueError(f"unknown format '{fmt}'")
-    if encoding == "png":
+    if encoding == "png" or max(picture.shape[:2]) > JPEG_MAX_SIDE:  # PNG holds any size the pixel limit admits
         return encode_png(picture), MEDIA_TYPES["png"]
     return encode_jpeg(picture), MEDIA_TYPES["jpeg"]
 

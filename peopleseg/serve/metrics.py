@@ -40,7 +40,7 @@ class ServeMetrics:
             "peopleseg_batch_seconds", "time to segment one batch", buckets=LATENCY_BUCKETS, registry=self.registry
         )
         self.images = Counter("peopleseg_images", "images segmented", registry=self.registry)
-        self.queue_depth = Gauge("peopleseg_queue_depth", "images waiting for the model", registry=self.registry)
+        self.queue_depth = Gauge("peopleseg_queue_depth", "images being decoded or queued", registry=self.registry)
         self.rejected = Counter(
             "peopleseg_rejected", "requests refused before inference, by reason", ("reason",), registry=self.registry
         )

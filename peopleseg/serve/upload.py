@@ -8,6 +8,7 @@ are decoded, so a small file that claims an enormous size (a decompression bomb)
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -15,12 +16,17 @@ from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 
-from peopleseg.data.image_io import pil_to_rgb
+from peopleseg.data.image_io import MAX_IMAGE_PIXELS, pil_to_rgb
 from peopleseg.serve.problems import ServeProblem
 
 # Room for multipart boundaries and part headers on top of the image itself.
 MULTIPART_OVERHEAD = 64 * 1024
 MULTIPART_FIELD = "file"
+
+
+def client_disconnected(message: str) -> ServeProblem:
+    # 499, as nginx logs it: nobody reads the answer, but the metrics and the log tell a client that left apart.
+    return ServeProblem(499, "client_disconnected", message)
 
 
 def too_large(size: str, limit: int) -> ServeProblem:
@@ -44,7 +50,7 @@ async def read_body(request: Request, limit: int, slack: int = 0) -> bytes:
                 raise too_large(f"more than {limit + slack} bytes", limit)
             chunks.append(chunk)
     except ClientDisconnect:
-        raise ServeProblem(400, "client_disconnected", "the client went away before the upload finished") from None
+        raise client_disconnected("the client went away before the upload finished") from None
     body = b"".join(chunks)
     request._body = body  # Starlette's own cache: `request.form()` parses these bytes instead of reading again
     return body
@@ -105,7 +111,11 @@ def decode_image(data: bytes, max_pixels: int) -> np.ndarray:
             400, "not_an_image", f"the upload is not an image Pillow can read ({len(data)} bytes starting {head!r})"
         ) from None
     except Image.DecompressionBombError as exc:
-        raise ServeProblem(422, "too_many_pixels", f"the image is too large to decode safely ({exc})") from None
+        # Pillow refuses these inside open(), before the size is ours to read: its message holds the pixel count.
+        found, limit = re.search(r"\((\d+) pixels\)", str(exc)), min(max_pixels, MAX_IMAGE_PIXELS)
+        if found:
+            raise too_many_pixels_of(found[1], limit) from None
+        raise ServeProblem(422, "too_many_pixels", f"the image has more pixels than the limit of {limit}") from None
     except ServeProblem:
         raise
     except MemoryError:
@@ -120,8 +130,8 @@ def _short(exc: Exception) -> str:
 
 
 def too_many_pixels(width: int, height: int, max_pixels: int) -> ServeProblem:
-    return ServeProblem(
-        422,
-        "too_many_pixels",
-        f"the image is {width}x{height} = {width * height} pixels, over the limit of {max_pixels}",
-    )
+    return too_many_pixels_of(f"{width}x{height} = {width * height}", max_pixels)
+
+
+def too_many_pixels_of(size: str, max_pixels: int) -> ServeProblem:
+    return ServeProblem(422, "too_many_pixels", f"the image is {size} pixels, over the limit of {max_pixels}")

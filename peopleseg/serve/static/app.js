@@ -93,6 +93,7 @@ function takeFile(file) {
     return;
   }
   if (state.live) stopWebcam();
+  $("live").hidden = true; // the last live frame must not stay beside the new photo
   for (const entry of state.cache.values()) URL.revokeObjectURL(entry.url);
   state.cache.clear();
   state.file = file;
