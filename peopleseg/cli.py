@@ -183,8 +183,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     with _extra("train", "train"):
         from peopleseg.engine.train import train
 
-    summary = train(config, resume=args.resume if args.resume else False, progress=not args.quiet)
+    summary = train(
+        config, resume=args.resume if args.resume else False, progress=not args.quiet, overwrite=args.overwrite
+    )
     best = f", best val mIoU {summary.best_miou:.2f}" if summary.best_miou is not None else ""
+    from peopleseg.engine.train import first_process
+
+    if not first_process():  # every process of a multi-GPU run gets here: one summary is enough
+        return 0
     print(
         f"trained {summary.steps} steps{best} -> {summary.out_dir} (weights: {summary.last_weights.name}"
         f"{', ' + summary.best_weights.name if summary.best_weights else ''})"
@@ -559,6 +565,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         metavar="CKPT",
         help="continue <out_dir>/checkpoints/last.ckpt, or the given checkpoint",
+    )
+    trainer.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an out_dir that holds a run (its checkpoints and weights are deleted; logs stay)",
     )
     trainer.add_argument(
         "--init",

@@ -162,7 +162,7 @@ def test_a_budget_below_zero_is_a_config_error(people, tmp_path, capsys) -> None
     for item in overrides(people, tmp_path / "bad", 10, **{"train.max_minutes": -1}):
         args += ["--set", item]
     assert main(args) == 1
-    assert "train.max_minutes: must be above 0" in capsys.readouterr().err
+    assert "train.max_minutes: must be a finite number above 0" in capsys.readouterr().err
 
 
 def test_a_killed_budgeted_run_resumes_from_its_fit_and_spends_the_rest(people, tmp_path) -> None:

@@ -86,10 +86,12 @@ def test_training_learns_and_writes_everything(people, tmp_path) -> None:
     assert load_model(tmp_path / "run" / "checkpoints" / "last.ckpt").info.arch == "segformer_b0"
 
 
-@pytest.mark.parametrize("stop", [4, 6])  # inside the first epoch (6 batches of 4), and at its very end
-def test_resume_continues_the_uninterrupted_run(people, tmp_path, stop) -> None:
+# Inside the first epoch (6 batches of 4), at its very end, and, with a loader worker (whose iterator Lightning starts
+# before it sets the sampler's epoch), at that end and inside the second epoch.
+@pytest.mark.parametrize(("stop", "workers"), [(4, 0), (6, 0), (6, 1), (8, 1)])
+def test_resume_continues_the_uninterrupted_run(people, tmp_path, stop, workers) -> None:
     # A flat lr after warm-up, so that the two runs' different max_steps do not change the schedule.
-    every = {"train.checkpoint_every": stop, "optim.poly_power": 0.0}
+    every = {"train.checkpoint_every": stop, "optim.poly_power": 0.0, "data.workers": workers}
     full = load_config(TrainConfig, None, overrides(people, tmp_path / "full", stop + 4, **every))
     train(full, progress=False)
     # The same run, stopped at step `stop` ...
@@ -121,6 +123,96 @@ def test_a_finished_run_checkpoints_its_final_step_and_resumes_from_it(people, t
     train(steps(9), resume=True, progress=False)
     logged = [int(r["step"]) for r in rows(out) if r.get("train/loss")]
     assert logged == list(range(9))  # each step once: none repeated from an older checkpoint
+
+
+def test_a_checkpoint_at_a_validation_step_holds_that_validation(people, tmp_path) -> None:
+    out = tmp_path / "run"
+    every = {"train.checkpoint_every": 4, "train.val_every": 4}
+    summary = train(load_config(TrainConfig, None, overrides(people, out, 8, **every)), progress=False)
+    scores = [float(r["val/miou"]) for r in rows(out) if r.get("val/miou")]
+    assert len(scores) == 2 and summary.best_miou == pytest.approx(max(scores))
+    # Written after step 8's validation, not before it: a resume neither skips it nor forgets its score.
+    saved = torch.load(out / "checkpoints/last.ckpt", weights_only=False)
+    assert saved["global_step"] == 8
+    (exported,) = [state for key, state in saved["callbacks"].items() if "ExportWeights" in key]
+    assert exported == {"best": pytest.approx(max(scores)), "validated_at": 8}
+    (best,) = [state for key, state in saved["callbacks"].items() if "'monitor': 'val/miou'" in key]
+    assert float(best["best_model_score"]) == pytest.approx(max(scores))
+
+
+def test_a_diverging_run_stops_and_never_saves_weights_that_are_not_finite(people, tmp_path) -> None:
+    from peopleseg.engine.module import TrainingDiverged
+
+    with pytest.raises(ConfigError, match=r"optim\.lr: must be a finite number, got inf"):
+        train(load_config(TrainConfig, None, overrides(people, tmp_path / "inf", 2, **{"optim.lr": ".inf"})))
+    out = tmp_path / "run"
+    extra = {"optim.lr": 1e30, "optim.warmup_steps": 0, "train.checkpoint_every": 1, "train.val_every": 1}
+    with pytest.raises(TrainingDiverged, match="not finite"):
+        train(load_config(TrainConfig, None, overrides(people, out, 12, **extra)), progress=False)
+    for weights in out.glob("*.safetensors"):
+        assert all(torch.isfinite(t).all() for t in load_model(weights).state_dict().values() if t.is_floating_point())
+    saved = torch.load(out / "checkpoints/last.ckpt", weights_only=False)
+    assert all(torch.isfinite(t).all() for t in saved["state_dict"].values() if t.is_floating_point())
+
+
+def test_a_finished_run_is_not_overwritten_or_resumed_with_another_config(people, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    train(load_config(TrainConfig, None, overrides(people, out, 2)), progress=False)
+    again = load_config(TrainConfig, None, overrides(people, out, 2, **{"optim.lr": 1e-3}))
+    with pytest.raises(ConfigError, match="holds a run already; --resume continues it, --overwrite replaces it"):
+        train(again, progress=False)
+    with pytest.raises(ConfigError, match=r"differs from the checkpoint's run \(optim\.lr 0\.0006 -> 0\.001\)"):
+        train(again, resume=True, progress=False)
+    # How long and on what hardware may change on a resume; a file that is no checkpoint is named as such.
+    longer = load_config(TrainConfig, None, overrides(people, out, 3, **{"train.val_every": 2}))
+    assert train(longer, resume=True, progress=False).steps == 3
+    with pytest.raises(ConfigError, match=r"last\.safetensors: not a peopleseg training checkpoint"):
+        train(longer, resume=str(out / "last.safetensors"), progress=False)
+    cut = tmp_path / "cut.ckpt"
+    cut.write_bytes((out / "checkpoints/last.ckpt").read_bytes()[:5000])
+    with pytest.raises(ConfigError, match=r"cut\.ckpt: not a readable training checkpoint"):
+        train(longer, resume=str(cut), progress=False)
+    # --overwrite starts afresh: the old run's checkpoints go, its logs stay.
+    assert (
+        main(["train", *[a for item in overrides(people, out, 1) for a in ("--set", item)], "--overwrite", "-q"]) == 0
+    )
+    saved = torch.load(out / "checkpoints/last.ckpt", weights_only=False)
+    assert saved["global_step"] == 1 and len(list((out / "logs").glob("version_*"))) == 3
+    capsys.readouterr()
+
+
+def test_bad_data_is_found_before_the_run_folder_is_made(people, tmp_path) -> None:
+    out = tmp_path / "never"
+    config = load_config(TrainConfig, None, overrides(people, out, 2, **{"data.train.images": tmp_path / "nowhere"}))
+    with pytest.raises(DataError, match="nowhere: no such folder"):
+        train(config, progress=False)
+    assert not out.exists()
+
+
+def test_renamed_classes_get_a_fresh_head(people, tmp_path) -> None:
+    weights = save_model(build_model("segformer_b0"), tmp_path / "b0.safetensors")
+    extra = {"model.init": weights, "model.classes": "[person, background]"}
+    model = build_training_model(load_config(TrainConfig, None, overrides(people, tmp_path / "run", 2, **extra)))
+    source = load_model(weights)
+    assert model.info.classes == ["person", "background"]
+    assert not torch.equal(model.decode_head.linear_pred.weight, source.decode_head.linear_pred.weight)
+    for name, tensor in source.backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[name], tensor), name
+
+
+def test_ctrl_c_says_where_the_run_stands(people, tmp_path, monkeypatch) -> None:
+    from peopleseg.engine import module
+
+    def interrupted(self, batch, batch_index):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module.SegFormerModule, "training_step", interrupted)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(
+        KeyboardInterrupt, match=r"training interrupted at step 0; --resume continues from .*last\.ckpt"
+    ):
+        train(load_config(TrainConfig, None, overrides(people, tmp_path / "run", 4)), progress=False)
+    assert signal.getsignal(signal.SIGINT) is handler  # Lightning's "ignore Ctrl-C from now on" is undone
 
 
 def test_the_models_resize_policy_is_validated_with_and_saved(people, tmp_path) -> None:
@@ -293,7 +385,18 @@ def test_two_cpu_processes_train_together(people, tmp_path) -> None:
         ("train.max_steps=-1", "train.max_steps: must be an integer >= 1, got -1"),
         ("data.workers=-1", "data.workers: must be an integer >= 0, got -1"),
         ("optim.lr=-1", "optim.lr: must be a number > 0, got -1"),
-        ("optim.lr=.nan", "optim.lr: must be a number, got nan"),
+        ("optim.lr=.nan", "optim.lr: must be a finite number, got nan"),
+        ("train.max_minutes=.inf", "train.max_minutes: must be a finite number above 0, got inf"),
+        ("train.seed=-1", "train.seed: must be an integer >= 0, got -1"),
+        ("train.precision=fp17", "train.precision: must be one of auto, 32-true"),
+        ("train.accelerator=tpu", "train.accelerator: must be one of auto, cpu, gpu, cuda, mps, got 'tpu'"),
+        ("train.devices=foo", "train.devices: must be 'auto', a count >= 1, -1 (all) or a list of device ids"),
+        ("train.strategy=nope", "train.strategy: 'nope' is not a Lightning strategy; choose auto or one of"),
+        pytest.param(
+            "train.accelerator=gpu",
+            "train: Lightning refused accelerator='gpu'",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+        ),
         ("loss.ignore_index=254", "loss.ignore_index: must be 255"),
         ("model.drop_path_rate=1.0", "model.drop_path_rate: must be a number >= 0 and < 1, got 1.0"),
         ("data.augment.scale_range=[2.0, 0.5]", "data.augment.scale_range: must be 0 < low <= high"),
@@ -336,11 +439,11 @@ def test_a_validation_set_smaller_than_the_process_count_is_refused(people, tmp_
         ({"SLURM_PROCID": "3"}, False),
     ],
 )
-def test_only_the_first_process_cleans_up_and_writes_the_config(monkeypatch, environ, first) -> None:
-    from peopleseg.engine.train import _first_process
+def test_only_thefirst_process_cleans_up_and_writes_the_config(monkeypatch, environ, first) -> None:
+    from peopleseg.engine.train import first_process
 
     for name in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
-    assert _first_process() is first
+    assert first_process() is first

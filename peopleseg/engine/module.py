@@ -16,6 +16,7 @@ from peopleseg.engine.losses import segmentation_loss
 from peopleseg.engine.metrics import SegmentationMetrics
 from peopleseg.engine.optim import build_optimizer, lr_factor
 from peopleseg.engine.train_config import TrainConfig
+from peopleseg.errors import PeoplesegError
 from peopleseg.models.segformer import SegFormer
 
 
@@ -27,6 +28,11 @@ class ResumePosition:
         self.skip_batches = 0
         self.epoch = 0  # the epoch those batches belong to
         self.step = 0  # the global step the run resumes at (a shard stream is seeded by it)
+        self.pending = False  # set by a checkpoint load; the sampler's first pass after it places the run
+
+
+class TrainingDiverged(PeoplesegError):
+    """The loss became NaN or infinite: training stops rather than save a model of NaNs as a result."""
 
 
 class SegFormerModule(pl.LightningModule):
@@ -63,6 +69,13 @@ class SegFormerModule(pl.LightningModule):
         loss = segmentation_loss(
             self.model(images), masks, self.config.loss.ignore_index, self.class_weights, self.config.loss.dice_weight
         )
+        # Every rank decides together (a rank stopping alone would leave the others waiting in the next all-reduce).
+        finite = bool(torch.isfinite(loss.detach()))
+        if self.trainer is not None and not self.trainer.strategy.reduce_boolean_decision(finite, all=True):
+            raise TrainingDiverged(
+                f"train: the loss is not finite (NaN or inf) at step {self.global_step}: lower optim.lr or check the "
+                "data; no weights that are not finite are ever saved, so the checkpoints hold the last finite ones"
+            )
         now = time.perf_counter()
         if self._tick is not None:
             world = self.trainer.world_size if self.trainer else 1
@@ -117,6 +130,7 @@ class SegFormerModule(pl.LightningModule):
         # A checkpoint from an epoch's last batch resumes into the next epoch, which must not be skipped.
         self.resume.epoch = int(checkpoint.get("epoch", 0))
         self.resume.step = int(checkpoint.get("global_step", 0))
+        self.resume.pending = True
 
 
 def _restore_rng(state: dict[str, Any]) -> None:

@@ -179,5 +179,5 @@ class FitStepsToTime(pl.Callback):
 
 
 def check_budget(minutes: float | None) -> None:
-    if minutes is not None and not minutes > 0:
-        raise ConfigError(f"train.max_minutes: must be above 0, got {minutes}")
+    if minutes is not None and not 0 < minutes < float("inf"):  # also false for NaN
+        raise ConfigError(f"train.max_minutes: must be a finite number above 0, got {minutes}")

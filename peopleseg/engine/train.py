@@ -10,6 +10,8 @@ import dataclasses
 import logging
 import math
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +85,8 @@ def _from_weights(path: str, config: TrainConfig) -> SegFormer:
     options = dict(model.info.arch_options)
     if section.drop_path_rate is not None:
         options["drop_path_rate"] = section.drop_path_rate
-    if info.num_classes != model.info.num_classes or section.backbone_only:
-        # A new class set (or a fresh head): keep the encoder, build the head anew.
+    if info.classes != model.info.classes or section.backbone_only:
+        # A new class list, renamed or reordered too (the head's outputs mean its classes): keep the encoder only.
         fresh = build_model(section.arch, info=info, **options)
         fresh.backbone.load_state_dict(model.backbone.state_dict())
         return fresh
@@ -132,16 +134,23 @@ class EpochSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         rank, world = self._rank()
+        skip = 0
+        if self.resume.pending:
+            # The first pass after a resume places itself from the checkpoint, not from set_epoch: with worker
+            # processes, Lightning starts the resumed epoch's iterator before it sets the sampler's epoch. Only the
+            # interrupted epoch is shortened; a checkpoint from an epoch's last batch resumes into the next, whole.
+            self.resume.pending = False
+            if self.resume.skip_batches >= len(self) // self.batch_size:
+                self.epoch = self.resume.epoch + 1
+            else:
+                self.epoch = self.resume.epoch
+                skip = self.resume.skip_batches * self.batch_size
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist() if self.shuffle else list(range(self.size))
         per_rank = len(self)
         order = (order * (per_rank * world // max(len(order), 1) + 1))[: per_rank * world]
         mine = [self.epoch * self.size + index for index in order[rank::world]]
-        # Only the interrupted epoch is shortened, and only if the run resumes inside it (a checkpoint written at
-        # an epoch's last batch resumes into the next one, whole).
-        skip = self.resume.skip_batches * self.batch_size if self.epoch == self.resume.epoch else 0
-        self.resume.skip_batches = 0
-        return iter(mine[skip:] if skip < len(mine) else [])
+        return iter(mine[skip:])
 
 
 class SeededDraws(Dataset):
@@ -358,6 +367,15 @@ def _checkpoint_io() -> Any:
         """torch.save into a temp file beside the target, then rename: a kill never leaves half a checkpoint."""
 
         def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+            from peopleseg.engine.module import TrainingDiverged
+
+            weights = checkpoint.get("state_dict", {}).values()
+            if not all(torch.isfinite(t).all() for t in weights if t.is_floating_point()):
+                # The checkpoint already there keeps the last finite weights: a resume (with a lower lr) starts there.
+                raise TrainingDiverged(
+                    f"train: the weights are not finite (NaN or inf) at step {checkpoint.get('global_step')}; "
+                    f"{path} keeps the last finite ones: lower optim.lr or check the data"
+                )
             with atomic_path(path) as temp:
                 torch.save(checkpoint, temp)
 
@@ -369,14 +387,39 @@ def _last_checkpoint(checkpoint_dir: Path, every: int) -> Any:
 
     class LastCheckpoint(ModelCheckpoint):
         """`last.ckpt` every `every` steps and at the final step, whatever `every` is: a finished run resumes
-        (to train longer) from where it ended, not from the last multiple of `every`."""
+        (to train longer) from where it ended, not from the last multiple of `every`.
+
+        When a validation follows the same batch, the checkpoint waits for it: written before, it would hold a stale
+        best score and a resume would skip that validation (a kill during it resumes from the checkpoint before)."""
+
+        deferred = False
 
         def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+            if self._validates_after_this_batch(trainer) and self._due(trainer):
+                self.deferred = True
+                return
             super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
             # max_steps may have been lowered by a time budget (time_budget.FitStepsToTime) earlier in this step:
             # Lightning runs checkpoint callbacks after all others.
             if trainer.global_step >= trainer.max_steps and not self._should_skip_saving_checkpoint(trainer):
                 self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+        def on_validation_end(self, trainer: Any, module: Any) -> None:
+            super().on_validation_end(trainer, module)
+            if self.deferred and not trainer.sanity_checking:
+                self.deferred = False
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+        def _due(self, trainer: Any) -> bool:
+            return trainer.global_step % every == 0 or trainer.global_step >= trainer.max_steps
+
+        @staticmethod
+        def _validates_after_this_batch(trainer: Any) -> bool:
+            # As Lightning decides with check_val_every_n_epoch=None and a batch interval (our Trainer's settings).
+            interval = trainer.val_check_batch
+            if not trainer.enable_validation or interval is None or interval == float("inf"):
+                return False
+            return (trainer.fit_loop.total_batch_idx + 1) % int(interval) == 0
 
         @property
         def state_key(self) -> str:
@@ -402,10 +445,12 @@ def _weights_callback(out_dir: Path) -> Any:
 
         def __init__(self) -> None:
             self.best: float | None = None
+            self.validated_at: int | None = None  # the step of the last validation, kept in checkpoints
 
         def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
             if trainer.sanity_checking or not trainer.is_global_zero:
                 return
+            self.validated_at = trainer.global_step
             score = trainer.callback_metrics.get("val/miou")
             if score is not None and (self.best is None or float(score) > self.best):
                 self.best = float(score)
@@ -416,22 +461,48 @@ def _weights_callback(out_dir: Path) -> Any:
                 save_model(module.model, out_dir / "last.safetensors")
 
         def state_dict(self) -> dict[str, Any]:
-            return {"best": self.best}
+            return {"best": self.best, "validated_at": self.validated_at}
 
         def load_state_dict(self, state: dict[str, Any]) -> None:
             self.best = state.get("best")
+            self.validated_at = state.get("validated_at")
 
     return ExportWeights()
 
 
-def train(config: TrainConfig, resume: bool | str = False, progress: bool = True) -> TrainSummary:
-    """Train with `config`. `resume=True` continues `<out_dir>/checkpoints/last.ckpt`; a path resumes that file."""
-    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+# What a resume may change: how long and how often, and the hardware (a resume on other hardware continues the
+# run, though not bit for bit). Anything else would make the checkpoint's run a different one.
+RESUMABLE_CHANGES = (
+    "train.max_steps",
+    "train.max_minutes",
+    "train.val_every",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.out_dir",
+    "train.precision",
+    "train.accelerator",
+    "train.devices",
+    "train.num_nodes",
+    "train.strategy",
+    "data.workers",
+)
+RUN_FILES = ("checkpoints", "best.safetensors", "best.json", "last.safetensors", "last.json")
+
+
+def train(
+    config: TrainConfig, resume: bool | str = False, progress: bool = True, overwrite: bool = False
+) -> TrainSummary:
+    """Train with `config`. `resume=True` continues `<out_dir>/checkpoints/last.ckpt`; a path resumes that file.
+
+    A new run into a folder that holds one is refused unless `overwrite` (which deletes its checkpoints and weights
+    first); a resume is refused when the config differs from the checkpoint's beyond `RESUMABLE_CHANGES`. Nothing
+    is written before the config, the data and Lightning's settings have been checked."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     from peopleseg.engine.time_budget import check_budget
 
-    config.validate()  # before anything is written
+    config.validate()
     check_budget(config.train.max_minutes)
     _quiet_lightning()
     out_dir = Path(config.train.out_dir)
@@ -441,23 +512,20 @@ def train(config: TrainConfig, resume: bool | str = False, progress: bool = True
         ckpt_path = Path(resume) if isinstance(resume, str) else checkpoint_dir / "last.ckpt"
         if not ckpt_path.is_file():
             raise ConfigError(f"--resume: no checkpoint at {ckpt_path}")
+        _check_resume(ckpt_path, config)
+    elif (checkpoint_dir / "last.ckpt").exists() and not overwrite:
+        raise ConfigError(
+            f"train.out_dir {out_dir}: holds a run already; --resume continues it, --overwrite replaces it, or "
+            "choose another train.out_dir"
+        )
     pl.seed_everything(config.train.seed, workers=True, verbose=False)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if _first_process():  # the others would race it: a rank deleting the temp file another rank is writing
-        for stale in [*checkpoint_dir.glob(".*.tmp"), *out_dir.glob(".*.tmp")]:
-            stale.unlink(missing_ok=True)  # a save cut short by a kill: its target was never replaced
-        save_config(config, out_dir / "config.yaml")
 
     model = build_training_model(config)
     resume_position = ResumePosition()
     module = SegFormerModule(config, model, resume_position)
     train_loader, val_loader = make_loaders(config, model.info, resume_position)
 
-    callbacks: list[Any] = [
-        _last_checkpoint(checkpoint_dir, config.train.checkpoint_every),
-        LearningRateMonitor(logging_interval="step"),
-        _weights_callback(out_dir),
-    ]
+    callbacks: list[Any] = [LearningRateMonitor(logging_interval="step"), _weights_callback(out_dir)]
     if val_loader is not None:
         if isinstance(val_loader.sampler, ShardSampler):
             callbacks.append(_EveryRankValidates(val_loader.sampler.size))
@@ -472,6 +540,8 @@ def train(config: TrainConfig, resume: bool | str = False, progress: bool = True
                 enable_version_counter=False,
             )
         )
+    # After the best-model checkpoint: a checkpoint written after a validation then holds that validation's best.
+    callbacks.append(_last_checkpoint(checkpoint_dir, config.train.checkpoint_every))
     if config.train.max_minutes is not None:
         from peopleseg.engine.time_budget import FitStepsToTime
 
@@ -480,12 +550,14 @@ def train(config: TrainConfig, resume: bool | str = False, progress: bool = True
         prefetched = 2 * config.data.workers // config.train.accumulate
         callbacks.append(FitStepsToTime(config.train.max_minutes, config.train.max_steps, val_steps, prefetched))
     if progress:
-        callbacks.append(RichProgressBar())
+        callbacks.append(_progress_bar())
+    interrupted = _Interrupted()
+    callbacks.append(interrupted)
     # SyncBatchNorm runs on GPUs only (on CPU it raises). Every rank decides the same way from the config and the
     # machine, never from its own view of the world size: ranks that disagreed would build different models.
     accelerator = config.train.accelerator
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    trainer = pl.Trainer(
+    trainer = _trainer(
         default_root_dir=out_dir,
         max_steps=config.train.max_steps,
         max_epochs=-1,
@@ -511,7 +583,28 @@ def train(config: TrainConfig, resume: bool | str = False, progress: bool = True
         enable_progress_bar=progress,
         enable_model_summary=False,
     )
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    # Everything is checked: only now is the folder touched.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if first_process():  # the others would race it: a rank deleting the temp file another rank is writing
+        if overwrite and not resume:
+            _remove_run(out_dir)
+        for stale in [*checkpoint_dir.glob(".*.tmp"), *out_dir.glob(".*.tmp")]:
+            stale.unlink(missing_ok=True)  # a save cut short by a kill: its target was never replaced
+        save_config(config, out_dir / "config.yaml")
+    previous_handler = signal.getsignal(signal.SIGINT)
+    try:
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except SystemExit:
+        if interrupted.step is None:
+            raise
+        # Lightning turns Ctrl-C into a silent exit(1) after its shutdown; say where the run stands instead.
+        raise KeyboardInterrupt(
+            f"training interrupted at step {interrupted.step}; --resume continues from {checkpoint_dir / 'last.ckpt'} "
+            f"(written every {config.train.checkpoint_every} steps)"
+        ) from None
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous_handler)  # Lightning ignores SIGINT once interrupted
     best = next((c.best_model_score for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
     best_weights = out_dir / "best.safetensors"
     return TrainSummary(
@@ -523,7 +616,94 @@ def train(config: TrainConfig, resume: bool | str = False, progress: bool = True
     )
 
 
-def _first_process() -> bool:
+def _progress_bar() -> pl.Callback:
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class StepsProgressBar(RichProgressBar):
+        """Lightning's bar, titled by the epoch alone: the run is bounded by steps (max_epochs is -1, which Lightning
+        would print as "Epoch 4/-2")."""
+
+        def _get_train_description(self, current_epoch: int) -> str:
+            return f"epoch {current_epoch}, to step {self.trainer.max_steps}"
+
+    return StepsProgressBar()
+
+
+class _Interrupted(pl.Callback):
+    """Remembers the step a Ctrl-C stopped the run at."""
+
+    def __init__(self) -> None:
+        self.step: int | None = None
+
+    def on_exception(self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt):
+            self.step = trainer.global_step
+
+
+def _trainer(**settings: Any) -> pl.Trainer:
+    """Lightning's Trainer; settings it refuses (a device that is not there, a strategy it does not know) are a
+    one-line ConfigError, before anything is written."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    strategy = settings["strategy"]
+    if strategy != "auto" and strategy not in StrategyRegistry:
+        known = ", ".join(sorted(StrategyRegistry))
+        raise ConfigError(f"train.strategy: '{strategy}' is not a Lightning strategy; choose auto or one of {known}")
+    try:
+        return pl.Trainer(**settings)
+    except (MisconfigurationException, ValueError, RuntimeError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+        raise ConfigError(
+            f"train: Lightning refused accelerator={settings['accelerator']!r}, devices={settings['devices']!r}, "
+            f"strategy={strategy!r}, precision={settings['precision']!r}: {first}"
+        ) from None
+
+
+def _check_resume(path: Path, config: TrainConfig) -> None:
+    """A one-line ConfigError unless `path` is a peopleseg training checkpoint of this run (see RESUMABLE_CHANGES)."""
+    from peopleseg.config import to_dict
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many kinds for a file that is no checkpoint
+        raise ConfigError(f"--resume {path}: not a readable training checkpoint ({exc.__class__.__name__})") from None
+    saved = checkpoint.get("peopleseg", {}).get("config") if isinstance(checkpoint, dict) else None
+    if not isinstance(saved, dict):
+        raise ConfigError(
+            f"--resume {path}: not a peopleseg training checkpoint (a weights file starts a new run as model.init)"
+        )
+    before, now = _flat(saved), _flat(to_dict(config))
+    changed = [key for key in sorted(set(before) | set(now)) if before.get(key) != now.get(key)]
+    changed = [key for key in changed if key not in RESUMABLE_CHANGES]
+    if changed:
+        shown = "; ".join(f"{key} {before.get(key)!r} -> {now.get(key)!r}" for key in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise ConfigError(
+            f"--resume {path}: the config differs from the checkpoint's run ({shown}{more}); resume with its config, "
+            "or start a new run from its weights with model.init=<out_dir>/last.safetensors"
+        )
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        return {k: v for key, value in data.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): list(data) if isinstance(data, tuple) else data}
+
+
+def _remove_run(out_dir: Path) -> None:
+    """Before an overwrite: the old run's checkpoints and weights (its logs stay, in their numbered folders)."""
+    import shutil
+
+    for name in RUN_FILES:
+        path = out_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def first_process() -> bool:
     """Whether this is a run's first process, known before the process group exists: torchrun and SLURM set a
     global rank; Lightning's own launcher starts the other local ranks with LOCAL_RANK (and NODE_RANK per node)."""
     for name in ("RANK", "SLURM_PROCID"):
@@ -546,3 +726,5 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*Checkpoint directory .* exists and is not empty")
     # Validation metrics are summed across ranks by our own metric objects before they are logged.
     warnings.filterwarnings("ignore", message=r".*self\.log\('val/.*sync_dist=True")
+    # train.log_every is the user's to set; a short epoch does not make it wrong.
+    warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval")

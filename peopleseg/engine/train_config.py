@@ -85,6 +85,11 @@ class LossSection:
     dice_weight: float = 0.0
 
 
+# Lightning's names; "auto" picks bf16-mixed where the GPU has bf16, else 32-true.
+PRECISIONS = ("auto", "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "64-true", "64", "transformer-engine")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+
+
 @dataclass
 class TrainSection:
     out_dir: str = "runs/segformer"
@@ -167,6 +172,20 @@ class TrainConfig:
             for index, weight in enumerate(loss.class_weights):
                 _check(f"loss.class_weights[{index}]", weight, 0)
         _check("loss.dice_weight", loss.dice_weight, 0)
+        _check("train.seed", train.seed, 0, integer=True)
+        if train.precision not in PRECISIONS:
+            _bad("train.precision", f"one of {', '.join(PRECISIONS)}", train.precision)
+        if train.accelerator not in ACCELERATORS:
+            _bad("train.accelerator", f"one of {', '.join(ACCELERATORS)}", train.accelerator)
+        devices = train.devices
+        if not (
+            devices == "auto"
+            or (isinstance(devices, int) and not isinstance(devices, bool) and (devices >= 1 or devices == -1))
+            or (isinstance(devices, list) and devices and all(isinstance(d, int) and d >= 0 for d in devices))
+        ):
+            _bad("train.devices", "'auto', a count >= 1, -1 (all) or a list of device ids", devices)
+        if not isinstance(train.strategy, str) or not train.strategy:
+            _bad("train.strategy", "a Lightning strategy name such as auto, ddp or fsdp", train.strategy)
         for name in (
             "max_steps",
             "batch_size",
@@ -191,8 +210,9 @@ def _check(
 ) -> None:
     kind = "an integer" if integer else "a number"
     number = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not number or value != value:  # bools are ints to Python; NaN is not a value
-        _bad(name, kind, value)
+    # bools are ints to Python; NaN and infinity are no setting (an infinite lr trains a model of NaNs)
+    if isinstance(value, bool) or not number or value != value or value in (float("inf"), float("-inf")):
+        _bad(name, f"a finite {kind.removeprefix('a ').removeprefix('an ')}" if number else kind, value)
     too_low = value <= low if low_open else value < low
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:

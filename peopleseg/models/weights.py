@@ -38,6 +38,8 @@ def save_model(model: SegFormer, path: str | Path, dtype: torch.dtype | None = N
     state = {}
     for key, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu()
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ModelError(f"{path}: not saved, the model's {key} holds NaN or infinite values")
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
         state[key] = tensor.contiguous()
