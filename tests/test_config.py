@@ -48,11 +48,13 @@ def test_overrides_and_round_trip(tmp_path) -> None:
         ("- just\n- a list\n", "top level must be a mapping"),
         ("optim: {lr: [\n", "not valid YAML at line"),
         ("data:\n  skip_bad: maybe\n", "data.skip_bad: expected true or false"),
+        ("optim:\n  lr: 0.1\n  lr: 0.2\n", "'lr' is given twice at line 3"),
+        (b"optim:\n  lr: 0.1  # caf\xe9\n", "not UTF-8 text"),
     ],
 )
 def test_bad_configs_name_the_key(tmp_path, text, message) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text(text)
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(ConfigError, match=message) as error:
         load_config(TrainConfig, path)
     assert "bad.yaml" in str(error.value) and "\n" not in str(error.value)
