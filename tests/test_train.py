@@ -374,6 +374,27 @@ def test_two_cpu_processes_train_together(people, tmp_path) -> None:
     assert load_model(out / "last.safetensors").info.arch == "segformer_b0"
 
 
+def test_loader_workers_start_after_opencv_has_run_threads_in_this_process(people, tmp_path) -> None:
+    # A notebook that resized images with OpenCV, then trains with workers: a forked worker that set OpenCV's
+    # thread count waited for ever on the parent's thread pool. Its own process, so a regression fails, not hangs.
+    settings = overrides(people, tmp_path / "run", 2, **{"data.workers": 2})
+    script = tmp_path / "after_opencv.py"
+    script.write_text(
+        "import cv2, numpy as np\n"
+        "image = np.zeros((1500, 1500, 3), np.uint8)\n"
+        "for _ in range(3): cv2.GaussianBlur(image, (31, 31), 0)  # OpenCV's thread pool has run\n"
+        "threads = cv2.getNumThreads()\n"
+        "from peopleseg.config import load_config\n"
+        "from peopleseg.engine.train import train\n"
+        "from peopleseg.engine.train_config import TrainConfig\n"
+        f"summary = train(load_config(TrainConfig, None, {settings!r}), progress=False)\n"
+        "print('trained', summary.steps, cv2.getNumThreads() == threads)\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "trained 2 True" in result.stdout  # and the caller's OpenCV setting is back
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [

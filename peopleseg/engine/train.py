@@ -6,6 +6,7 @@ SLURM's environment for multi-node jobs. BatchNorm becomes SyncBatchNorm only wh
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -292,10 +293,31 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _single_threaded_worker(worker_id: int) -> None:
     """Each loader worker augments one sample at a time: OpenCV's own thread pool in every one of them would put
-    workers x cores threads on the cores (PyTorch already gives each worker one torch thread)."""
+    workers x cores threads on the cores (PyTorch already gives each worker one torch thread).
+
+    A forked worker inherits one thread from `_opencv_single_threaded` and must not set it again: setNumThreads in
+    a child forked after the parent's pool has run waits for ever on that pool's lock. A spawned worker sets it."""
     import cv2
 
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+
+
+@contextlib.contextmanager
+def _opencv_single_threaded(workers: int) -> Iterator[None]:
+    """OpenCV at one thread in this process while loader workers are forked from it (see _single_threaded_worker);
+    the caller's setting comes back afterwards. The main process augments nothing itself when there are workers."""
+    if workers == 0:
+        yield
+        return
+    import cv2
+
+    previous = cv2.getNumThreads()
     cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(previous)
 
 
 def _person_id(config: TrainConfig) -> int:
@@ -593,7 +615,8 @@ def train(
         save_config(config, out_dir / "config.yaml")
     previous_handler = signal.getsignal(signal.SIGINT)
     try:
-        trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        with _opencv_single_threaded(config.data.workers):
+            trainer.fit(module, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except SystemExit:
         if interrupted.step is None:
             raise
