@@ -354,22 +354,31 @@ def test_validation_interval_may_be_longer_than_an_epoch(people, tmp_path) -> No
     assert [int(r["step"]) for r in rows(tmp_path / "run") if r.get("val/miou")] == [9, 19]
 
 
+def train_in_a_script(
+    folder: Path, settings: list[str], *, before: str = "", after: str = "", timeout: int = 300
+) -> subprocess.CompletedProcess:
+    """`train` in a process of its own (a DDP launcher re-runs its command line; a hang must fail, not stall)."""
+    script = folder / "train_script.py"
+    script.write_text(
+        before + "from peopleseg.config import load_config\n"
+        "from peopleseg.engine.train import train\n"
+        "from peopleseg.engine.train_config import TrainConfig\n"
+        f"summary = train(load_config(TrainConfig, None, {settings!r}), progress=False)\n" + after + "\n"
+    )
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=timeout, cwd=folder)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 def test_two_cpu_processes_train_together(people, tmp_path) -> None:
     # DDP on CPUs (gloo): BatchNorm must stay BatchNorm there (SyncBatchNorm raises on CPU tensors). Run as its own
     # script, because Lightning's DDP launcher starts the other rank by re-running the command line.
     out = tmp_path / "ddp"
     ddp = {"train.accelerator": "cpu", "train.devices": 2, "train.strategy": "ddp", "train.val_every": 2}
     settings = overrides(people, out, 4, **ddp)
-    script = tmp_path / "ddp_train.py"
-    script.write_text(
-        "from peopleseg.config import load_config\n"
-        "from peopleseg.engine.train import train\n"
-        "from peopleseg.engine.train_config import TrainConfig\n"
-        f"summary = train(load_config(TrainConfig, None, {settings!r}), progress=False)\n"
-        "print('trained', summary.steps, summary.best_miou is not None)\n"
+    result = train_in_a_script(
+        tmp_path, settings, after="print('trained', summary.steps, summary.best_miou is not None)"
     )
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
     assert "trained 4 True" in result.stdout
     assert load_model(out / "last.safetensors").info.arch == "segformer_b0"
 
@@ -378,20 +387,14 @@ def test_loader_workers_start_after_opencv_has_run_threads_in_this_process(peopl
     # A notebook that resized images with OpenCV, then trains with workers: a forked worker that set OpenCV's
     # thread count waited for ever on the parent's thread pool. Its own process, so a regression fails, not hangs.
     settings = overrides(people, tmp_path / "run", 2, **{"data.workers": 2})
-    script = tmp_path / "after_opencv.py"
-    script.write_text(
+    before = (
         "import cv2, numpy as np\n"
         "image = np.zeros((1500, 1500, 3), np.uint8)\n"
         "for _ in range(3): cv2.GaussianBlur(image, (31, 31), 0)  # OpenCV's thread pool has run\n"
         "threads = cv2.getNumThreads()\n"
-        "from peopleseg.config import load_config\n"
-        "from peopleseg.engine.train import train\n"
-        "from peopleseg.engine.train_config import TrainConfig\n"
-        f"summary = train(load_config(TrainConfig, None, {settings!r}), progress=False)\n"
-        "print('trained', summary.steps, cv2.getNumThreads() == threads)\n"
     )
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    after = "print('trained', summary.steps, cv2.getNumThreads() == threads)"
+    result = train_in_a_script(tmp_path, settings, before=before, after=after, timeout=120)
     assert "trained 2 True" in result.stdout  # and the caller's OpenCV setting is back
 
 

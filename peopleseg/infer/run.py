@@ -238,6 +238,12 @@ def segment_images(
     with Progress(*columns, console=console, disable=not progress or len(paths) < 2, transient=True) as bar:
         task = bar.add_task("images", total=len(paths), rate="")
         start = time.perf_counter()
+
+        def skip(path: str, message: str) -> None:
+            summary.failed.append(str(path))
+            report(f"skipped {message}")
+            bar.advance(task)
+
         for path in paths:
             try:
                 image = read_image(path, max_pixels=segmenter.max_pixels)
@@ -245,9 +251,7 @@ def segment_images(
             except DataError as exc:  # a bad file; a bad option (ConfigError) is every image's problem: raised
                 if not skip_bad:
                     raise
-                summary.failed.append(str(path))
-                report(f"skipped {exc}")
-                bar.advance(task)
+                skip(path, str(exc))
                 continue
             if Path(path).suffix.lower() == ".gif" and is_animated(path):
                 report(f"{path}: an animated GIF; only its first frame is segmented here")
@@ -257,9 +261,7 @@ def segment_images(
             except OSError as exc:  # a full disk, a read-only folder, a name the file system refuses
                 if not skip_bad:
                     raise
-                summary.failed.append(str(path))
-                report(f"skipped {path}: cannot write {exc.filename} ({exc.strerror})")
-                bar.advance(task)
+                skip(path, f"{path}: cannot write {exc.filename} ({exc.strerror})")
                 continue
             summary.records.append((str(path), result.to_dict()))
             summary.images += 1
