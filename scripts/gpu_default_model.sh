@@ -32,7 +32,7 @@ python3 -c "import torch; print('torch', torch.__version__, 'on', torch.cuda.get
 
 # Crops at the model's 512x512 input (the CPU stages used 384), a larger batch, a fresh warm-up and linear decay.
 status=0
-python3 -m peopleseg.cli train configs/default_model.yaml --init "$INIT" -q \
+python3 -m peopleseg.cli train configs/default_model.yaml --init "$INIT" -q --overwrite \
   --set data.train.images="$PACKED/images" --set data.train.masks="$PACKED/masks" \
   --set data.train.list_file="$PACKED/train4.txt" \
   --set data.val.images="$PACKED/images" --set data.val.masks="$PACKED/masks" \
