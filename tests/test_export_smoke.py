@@ -10,9 +10,10 @@ from peopleseg.models.registry import REGISTRY
 
 pytest.importorskip("onnxruntime")
 
-# The deep variants run the same code as b1/b2 and fan_tiny with more blocks, for 20-40 s each on 2 cores: they run
+# The deep variants run the same code as b1 and fan_tiny with more blocks, for 13-40 s each on 2 cores: they run
 # with -m slow, so the default suite stays well inside its 10 minutes.
 SLOW = {
+    "segformer_b2",
     "segformer_b3",
     "segformer_b4",
     "segformer_b5",
