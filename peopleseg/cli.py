@@ -737,8 +737,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PeoplesegError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)  # training says where it stood
         return 130
     except OSError as exc:  # the machine's doing (a full disk, a read-only folder, a file in a folder's place)
         if os.environ.get("PEOPLESEG_DEBUG"):

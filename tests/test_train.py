@@ -200,7 +200,7 @@ def test_renamed_classes_get_a_fresh_head(people, tmp_path) -> None:
         assert torch.equal(model.backbone.state_dict()[name], tensor), name
 
 
-def test_ctrl_c_says_where_the_run_stands(people, tmp_path, monkeypatch) -> None:
+def test_ctrl_c_says_where_the_run_stands(people, tmp_path, monkeypatch, capsys) -> None:
     from peopleseg.engine import module
 
     def interrupted(self, batch, batch_index):
@@ -213,6 +213,9 @@ def test_ctrl_c_says_where_the_run_stands(people, tmp_path, monkeypatch) -> None
     ):
         train(load_config(TrainConfig, None, overrides(people, tmp_path / "run", 4)), progress=False)
     assert signal.getsignal(signal.SIGINT) is handler  # Lightning's "ignore Ctrl-C from now on" is undone
+    args = [a for item in overrides(people, tmp_path / "cli", 4) for a in ("--set", item)]
+    assert main(["train", *args, "-q"]) == 130
+    assert "interrupted: training interrupted at step 0; --resume continues from" in capsys.readouterr().err
 
 
 def test_the_models_resize_policy_is_validated_with_and_saved(people, tmp_path) -> None:
