@@ -181,14 +181,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.config is None and not args.set:
         raise PeoplesegError("peopleseg train: give a config file (see configs/) or --set overrides")
     with _extra("train", "train"):
-        from peopleseg.engine.train import train
+        from peopleseg.engine.train import first_process, train
 
     summary = train(
         config, resume=args.resume if args.resume else False, progress=not args.quiet, overwrite=args.overwrite
     )
     best = f", best val mIoU {summary.best_miou:.2f}" if summary.best_miou is not None else ""
-    from peopleseg.engine.train import first_process
-
     if not first_process():  # every process of a multi-GPU run gets here: one summary is enough
         return 0
     print(
@@ -240,7 +238,19 @@ def _writable_folder(path: Path, flag: str) -> None:
         raise PeoplesegError(f"{flag} {path}: cannot write there ({exc.strerror or exc})") from None
 
 
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Python warnings raised inside, each printed as one `WARNING:` line on stderr (not file:line: UserWarning)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        yield
+    for warning in caught:
+        print(f"WARNING: {warning.message}", file=sys.stderr)
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
+    import torch
+
     from peopleseg.models.weights import load_model_with_report, save_model
 
     if not args.output.endswith(".safetensors"):
@@ -248,14 +258,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     if (args.mean is None) != (args.std is None):
         raise PeoplesegError("--mean and --std go together: a checkpoint's normalisation needs both")
     overrides = {"mean": args.mean, "std": args.std} if args.mean is not None else None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
+    with _warnings_as_lines():
         model, report = load_model_with_report(
             args.source, strict=not args.not_strict, allow_pickle=args.allow_pickle, info_overrides=overrides
         )
-    for warning in caught:
-        print(f"WARNING: {warning.message}", file=sys.stderr)
-    written = save_model(model, args.output, dtype=torch_float16() if args.fp16 else None)
+    written = save_model(model, args.output, dtype=torch.float16 if args.fp16 else None)
     info = model.info
     print(
         f"{args.source} -> {written}: {info.arch}, classes {', '.join(info.classes)}, "
@@ -263,12 +270,6 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         + (f", {report.summary()}" if report is not None and not report.clean else "")
     )
     return 0
-
-
-def torch_float16() -> object:
-    import torch
-
-    return torch.float16
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -286,11 +287,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print("WARNING: evaluating a model with random weights.", file=sys.stderr)
     dataset = _folder_dataset(args, len(segmenter.classes))
     config = EvalConfig(protocol=args.protocol, batch_size=args.batch, max_images=args.max_images, worst=args.worst)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", UserWarning)
+    with _warnings_as_lines():
         result = evaluate(segmenter, dataset, config, progress=not args.quiet)
-    for warning in caught:
-        print(f"WARNING: {warning.message}", file=sys.stderr)
     print(headline(result))
     print(markdown_table(result))
     if args.out:

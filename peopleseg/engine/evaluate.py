@@ -176,8 +176,8 @@ def evaluate(
         for batch in _batches(_samples(dataset, config.max_images, segmenter, protocol), config):
             preds = predict([sample.image for sample in batch])
             for sample, pred in zip(batch, preds, strict=True):
-                ignored += int(np.count_nonzero(sample.mask == IGNORE_INDEX))
                 conf = confusion_matrix(pred, sample.mask, num_classes, IGNORE_INDEX)
+                ignored += sample.mask.size - int(conf.sum())  # what the matrix leaves out: 255
                 metrics.add(conf, sample.subset)
                 worst.offer(sample, pred, image_score(conf, person))
             count += len(batch)

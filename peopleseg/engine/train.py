@@ -31,7 +31,7 @@ from peopleseg.errors import ConfigError, DataError
 from peopleseg.models.info import ModelInfo
 from peopleseg.models.registry import build_model
 from peopleseg.models.segformer import SegFormer
-from peopleseg.models.weights import load_model_with_report, save_model
+from peopleseg.models.weights import first_non_finite, load_model_with_report, save_model
 from peopleseg.resize_policy import single_input_policy
 
 log = logging.getLogger(__name__)
@@ -391,8 +391,7 @@ def _checkpoint_io() -> Any:
         def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
             from peopleseg.engine.module import TrainingDiverged
 
-            weights = checkpoint.get("state_dict", {}).values()
-            if not all(torch.isfinite(t).all() for t in weights if t.is_floating_point()):
+            if first_non_finite(checkpoint.get("state_dict", {})) is not None:
                 # The checkpoint already there keeps the last finite weights: a resume (with a lower lr) starts there.
                 raise TrainingDiverged(
                     f"train: the weights are not finite (NaN or inf) at step {checkpoint.get('global_step')}; "

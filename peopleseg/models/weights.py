@@ -27,6 +27,15 @@ METADATA_KEY = "peopleseg"
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tlt", ".ckpt", ".bin")
 
 
+def first_non_finite(state: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating tensor in `state` that holds NaN or infinity, or None: such weights are never
+    saved (a diverged training run must not leave them as its result)."""
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return key
+    return None
+
+
 def save_model(model: SegFormer, path: str | Path, dtype: torch.dtype | None = None) -> Path:
     """Write `model` to `path` (.safetensors) and its metadata to the `.json` sidecar, both atomically.
 
@@ -35,11 +44,12 @@ def save_model(model: SegFormer, path: str | Path, dtype: torch.dtype | None = N
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ModelError(f"{path}: weights are saved as .safetensors")
+    bad = first_non_finite(model.state_dict())
+    if bad is not None:
+        raise ModelError(f"{path}: not saved, the model's {bad} holds NaN or infinite values")
     state = {}
     for key, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu()
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ModelError(f"{path}: not saved, the model's {key} holds NaN or infinite values")
         if dtype is not None and tensor.is_floating_point():
             tensor = tensor.to(dtype)
         state[key] = tensor.contiguous()
